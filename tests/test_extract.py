@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+from expertsteer.extract import encode, extract
+from expertsteer.io import cache_root
+from tiny import ARCHS, ENCODERS, tiny_model
+
+TEXTS = ["hello world", "a b c d e f g h", "x", "The quick brown fox jumps", "no"]
+PARITY_ARCHS = ["llama", "qwen2", "gemma3", "gpt2", "gpt_neox", "opt", "phi3", "bert"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
+
+
+def one_by_one(lm, texts, **kw):
+    return torch.cat([extract(lm, [t], cache=False, progress=False, **kw) for t in texts], dim=1)
+
+
+@pytest.mark.parametrize("arch", PARITY_ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_batched_equals_one_by_one(arch, side, position):
+    lm = tiny_model(arch)
+    batched = extract(
+        lm, TEXTS, position=position, padding_side=side, batch_size=3, cache=False, progress=False
+    )
+    alone = one_by_one(lm, TEXTS, position=position)
+    assert batched.shape == (lm.n_layers, len(TEXTS), lm.hidden_size)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_explicit_positions_match_full_sequence(arch, side):
+    lm = tiny_model(arch)
+    positions = [[1, -1], [0, 3, 5], [0], [2], []]
+    got = extract(
+        lm, TEXTS, position=positions, padding_side=side, batch_size=5, cache=False, progress=False
+    )
+    expected = []
+    for text, pos in zip(TEXTS, positions):
+        n = len(encode(lm, [text])[0]["input_ids"])
+        full = extract(lm, [text], position=[list(range(n))], cache=False, progress=False)
+        expected.append(full[:, [p % n for p in pos]])
+    torch.testing.assert_close(got, torch.cat(expected, dim=1), rtol=1e-4, atol=1e-5)
+    assert got.shape[1] == sum(len(p) for p in positions)
+
+
+def test_last_position_reads_the_last_token_block_output():
+    lm = tiny_model("llama")
+    enc = lm.tokenizer(TEXTS[1], return_tensors="pt")
+    with torch.no_grad():
+        hs = lm.model(**enc, output_hidden_states=True).hidden_states
+    got = extract(lm, [TEXTS[1]], cache=False, progress=False)
+    # hidden_states[i + 1] is block i's output, except the last one (final norm applied in HF).
+    for i in range(lm.n_layers - 1):
+        torch.testing.assert_close(got[i, 0], hs[i + 1][0, -1])
+
+
+def test_mean_excludes_the_first_token():
+    lm = tiny_model("llama")
+    n = len(encode(lm, [TEXTS[3]])[0]["input_ids"])
+    full = extract(lm, [TEXTS[3]], position=[list(range(n))], cache=False, progress=False)
+    mean = extract(lm, [TEXTS[3]], position="mean", cache=False, progress=False)
+    torch.testing.assert_close(mean[:, 0], full[:, 1:].mean(1))
+
+
+def test_layer_subset_and_negative_indices():
+    lm = tiny_model("qwen2")
+    full = extract(lm, TEXTS, cache=False, progress=False)
+    sub = extract(lm, TEXTS, layers=[-1, 0], cache=False, progress=False)
+    torch.testing.assert_close(sub, full[[0, lm.n_layers - 1]])
+
+
+def test_chat_template_wraps_texts():
+    lm = tiny_model("llama")
+    ids = encode(lm, ["hi"], chat_template=True)[0]["input_ids"]
+    assert lm.tokenizer.convert_ids_to_tokens(ids)[0] == "<s>"
+    assert lm.tokenizer.decode(ids).replace(" ", "").endswith("assistant:")
+    states = extract(lm, ["hi"], chat_template=True, cache=False, progress=False)
+    assert not torch.equal(states, extract(lm, ["hi"], cache=False, progress=False))
+
+
+def test_cache_is_reused_and_keyed(monkeypatch):
+    lm = tiny_model("llama")
+    first = extract(lm, TEXTS, progress=False)
+    files = list((cache_root() / "states").glob("*.safetensors"))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("forward ran although the cache holds the states")
+
+    with monkeypatch.context() as m:
+        m.setattr("expertsteer.extract._forward_states", boom)
+        assert torch.equal(extract(lm, TEXTS, progress=False), first)
+    extract(lm, TEXTS, position="mean", progress=False)
+    assert len(list((cache_root() / "states").glob("*.safetensors"))) == 2
+
+
+def test_corrupted_cache_entry_is_recomputed():
+    lm = tiny_model("llama")
+    first = extract(lm, TEXTS, progress=False)
+    (path,) = (cache_root() / "states").glob("*.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\xff" * 8  # flip bytes inside the tensor payload
+    path.write_bytes(bytes(data))
+    assert torch.equal(extract(lm, TEXTS, progress=False), first)
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_other_model_does_not_hit_the_cache():
+    a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    assert a.fingerprint != b.fingerprint
+    assert not torch.equal(extract(a, TEXTS, progress=False), extract(b, TEXTS, progress=False))
+
+
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        ([], "empty"),
+        (["ok", ""], "empty"),
+        (["ok", "   "], "empty"),
+    ],
+)
+def test_bad_texts(texts, message):
+    lm = tiny_model("llama")
+    with pytest.raises(ValueError, match=message):
+        extract(lm, texts, cache=False, progress=False)
+
+
+def test_bad_arguments():
+    lm = tiny_model("llama")
+    with pytest.raises(TypeError, match="list of strings"):
+        extract(lm, "one string", cache=False)
+    with pytest.raises(ValueError, match="out of range"):
+        extract(lm, TEXTS, layers=[7], cache=False)
+    with pytest.raises(ValueError, match="position"):
+        extract(lm, TEXTS, position="first", cache=False)
+    with pytest.raises(ValueError, match="index lists"):
+        extract(lm, TEXTS, position=[[0]], cache=False)
+    with pytest.raises(ValueError, match="out of range"):
+        extract(lm, ["ab"], position=[[9]], cache=False)
+
+
+def test_encoders_are_encoders():
+    for arch in ENCODERS:
+        assert tiny_model(arch).kind == "encoder"
+    assert all(tiny_model(a).kind == "causal" for a in set(ARCHS) - ENCODERS)

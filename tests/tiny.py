@@ -1,0 +1,101 @@
+"""Tiny random-weight models of several architectures, with a character tokenizer (no network)."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from expertsteer.models import LoadedModel, wrap_model
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+VOCAB = SPECIALS + list(string.ascii_letters + string.digits + string.punctuation)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}:{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+
+
+def char_tokenizer(add_bos: bool = True, padding_side: str = "right"):
+    vocab = {tok: i for i, tok in enumerate(VOCAB)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+        )
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side=padding_side,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+V = len(VOCAB)
+D, L = 32, 3
+COMMON = dict(
+    hidden_size=D,
+    num_hidden_layers=L,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=V,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+ARCHS = {
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
+    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**COMMON, num_key_value_heads=2)),
+    "gemma3": lambda: tf.Gemma3ForCausalLM(
+        tf.Gemma3TextConfig(**COMMON, num_key_value_heads=1, head_dim=8, sliding_window=4)
+    ),
+    "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**COMMON)),
+    "phi": lambda: tf.PhiForCausalLM(tf.PhiConfig(**COMMON)),
+    "gpt2": lambda: tf.GPT2LMHeadModel(
+        tf.GPT2Config(
+            n_embd=D,
+            n_layer=L,
+            n_head=4,
+            vocab_size=V,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ),
+    "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**COMMON)),
+    "opt": lambda: tf.OPTForCausalLM(
+        tf.OPTConfig(
+            hidden_size=D,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            ffn_dim=64,
+            vocab_size=V,
+            max_position_embeddings=128,
+            word_embed_proj_dim=D,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ),
+    "bert": lambda: tf.BertModel(tf.BertConfig(**COMMON)),
+    "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**{**COMMON, "max_position_embeddings": 130})),
+}
+ENCODERS = {"bert", "mpnet"}
+
+
+def tiny_model(arch: str, seed: int = 0, padding_side: str = "right") -> LoadedModel:
+    torch.manual_seed(seed)
+    model = ARCHS[arch]().eval()
+    tok = char_tokenizer(add_bos=True, padding_side=padding_side)
+    return wrap_model(model, tok, name=f"tiny-{arch}")
