@@ -1,8 +1,8 @@
 import pytest
-from tiny import ARCHS, D, L, tiny_model
 from torch import nn
 
 from expertsteer.layers import BlocksNotFoundError, find_layers
+from tiny import ARCHS, D, L, tiny_model
 
 EXPECTED_PATHS = {
     "gpt2": "transformer.h",

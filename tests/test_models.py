@@ -1,10 +1,10 @@
 import pytest
 import torch
-from tiny import tiny_model
 
 from expertsteer.extract import extract
 from expertsteer.layers import BlocksNotFoundError
 from expertsteer.models import ModelLoadError, fingerprint, load_model
+from tiny import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
