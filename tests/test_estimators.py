@@ -155,6 +155,20 @@ def test_rfm_max_centres_subsample():
     assert cos(est, u) > 0.9
 
 
+def test_nystroem_system_reduces_to_kernel_ridge_regression():
+    # With every row a centre, (KᵀK + λK)α = Kt has the kernel-ridge solution (K + λI)α = t, so
+    # the ridge grid means the same thing on both sides of max_centres.
+    g = torch.Generator().manual_seed(9)
+    X = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(50, generator=g, dtype=torch.float64)
+    rfm = RFM()
+    D = rfm._distances(X, X, X, X)
+    K = torch.exp(-D / D.median())
+    exact = rfm._coefficients(K, None, t, 0.1, 50)
+    nystroem = rfm._coefficients(K, (K.T @ K, K.T @ t), t, 0.1, 50)
+    assert torch.allclose(exact, nystroem, rtol=1e-6, atol=1e-8)
+
+
 def paired_data(k: int = 300, d: int = 64, seed: int = 0):
     """Contrast pairs sharing a large per-pair content vector; shuffled, with arbitrary ids."""
     g = torch.Generator().manual_seed(seed)
@@ -203,6 +217,13 @@ def test_rfm_and_logistic_accept_groups():
     X, y, groups, u = paired_data(k=150, d=32, seed=1)
     assert cos(RFM(n_iter=3).fit(X, y, groups), u) > 0.8
     assert cos(Logistic().fit(X, y, groups), u) > 0.8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_indistinguishable_classes_rejected(name):
+    X = torch.ones(20, 4)
+    with pytest.raises(ValueError, match="identical|indistinguishable"):
+        make_estimator(name).fit(X, torch.arange(20) % 2)
 
 
 def test_groups_without_complete_pairs_rejected():

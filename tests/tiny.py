@@ -40,62 +40,64 @@ def char_tokenizer(add_bos: bool = True, padding_side: str = "right"):
 
 V = len(VOCAB)
 D, L = 32, 3
-COMMON = dict(
-    hidden_size=D,
-    num_hidden_layers=L,
-    num_attention_heads=4,
-    intermediate_size=64,
-    vocab_size=V,
-    max_position_embeddings=128,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _common(d: int, n: int) -> dict:
+    return dict(
+        hidden_size=d,
+        num_hidden_layers=n,
+        num_attention_heads=4,
+        intermediate_size=2 * d,
+        vocab_size=V,
+        max_position_embeddings=128,
+        **IDS,
+    )
+
 
 ARCHS = {
-    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
-    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
-    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**COMMON, num_key_value_heads=2)),
-    "gemma3": lambda: tf.Gemma3ForCausalLM(
-        tf.Gemma3TextConfig(**COMMON, num_key_value_heads=1, head_dim=8, sliding_window=4)
+    "llama": lambda d, n: tf.LlamaForCausalLM(
+        tf.LlamaConfig(**_common(d, n), num_key_value_heads=2)
     ),
-    "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**COMMON)),
-    "phi": lambda: tf.PhiForCausalLM(tf.PhiConfig(**COMMON)),
-    "gpt2": lambda: tf.GPT2LMHeadModel(
-        tf.GPT2Config(
-            n_embd=D,
-            n_layer=L,
-            n_head=4,
-            vocab_size=V,
-            n_positions=128,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
+    "qwen2": lambda d, n: tf.Qwen2ForCausalLM(
+        tf.Qwen2Config(**_common(d, n), num_key_value_heads=2)
     ),
-    "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**COMMON)),
-    "opt": lambda: tf.OPTForCausalLM(
+    "mistral": lambda d, n: tf.MistralForCausalLM(
+        tf.MistralConfig(**_common(d, n), num_key_value_heads=2)
+    ),
+    "gemma3": lambda d, n: tf.Gemma3ForCausalLM(
+        tf.Gemma3TextConfig(**_common(d, n), num_key_value_heads=1, head_dim=8, sliding_window=4)
+    ),
+    "phi3": lambda d, n: tf.Phi3ForCausalLM(tf.Phi3Config(**_common(d, n))),
+    "phi": lambda d, n: tf.PhiForCausalLM(tf.PhiConfig(**_common(d, n))),
+    "gpt2": lambda d, n: tf.GPT2LMHeadModel(
+        tf.GPT2Config(n_embd=d, n_layer=n, n_head=4, vocab_size=V, n_positions=128, **IDS)
+    ),
+    "gpt_neox": lambda d, n: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**_common(d, n))),
+    "opt": lambda d, n: tf.OPTForCausalLM(
         tf.OPTConfig(
-            hidden_size=D,
-            num_hidden_layers=L,
+            hidden_size=d,
+            num_hidden_layers=n,
             num_attention_heads=4,
-            ffn_dim=64,
+            ffn_dim=2 * d,
             vocab_size=V,
             max_position_embeddings=128,
-            word_embed_proj_dim=D,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
+            word_embed_proj_dim=d,
+            **IDS,
         )
     ),
-    "bert": lambda: tf.BertModel(tf.BertConfig(**COMMON)),
-    "mpnet": lambda: tf.MPNetModel(tf.MPNetConfig(**{**COMMON, "max_position_embeddings": 130})),
+    "bert": lambda d, n: tf.BertModel(tf.BertConfig(**_common(d, n))),
+    "mpnet": lambda d, n: tf.MPNetModel(
+        tf.MPNetConfig(**{**_common(d, n), "max_position_embeddings": 130})
+    ),
 }
 ENCODERS = {"bert", "mpnet"}
 
 
-def tiny_model(arch: str, seed: int = 0, padding_side: str = "right") -> LoadedModel:
+def tiny_model(
+    arch: str, seed: int = 0, padding_side: str = "right", d: int = D, n_layers: int = L
+) -> LoadedModel:
     torch.manual_seed(seed)
-    model = ARCHS[arch]().eval()
+    model = ARCHS[arch](d, n_layers).eval()
     tok = char_tokenizer(add_bos=True, padding_side=padding_side)
     return wrap_model(model, tok, name=f"tiny-{arch}")

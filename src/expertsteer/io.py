@@ -78,14 +78,14 @@ def save_tensors(
     path: str | os.PathLike,
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
-) -> Path:
-    """Atomic safetensors write with a content checksum in the header metadata."""
+) -> str:
+    """Atomic safetensors write with a content checksum in the header metadata; returns it."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = dict(metadata or {})
     meta["sha256"] = tensors_digest(tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    return meta["sha256"]
 
 
 class CorruptFileError(ValueError):

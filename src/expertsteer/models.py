@@ -186,3 +186,14 @@ def wrap_model(
         layers=find_layers(model, layers_path),
         fingerprint=fingerprint(model),
     )
+
+
+def load_tokenizer(name_or_path: str | Path, *, gguf_file: str | None = None) -> Any:
+    """Just the tokenizer of a catalog name / path / GGUF / hub id (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    source, gguf = _resolve(name_or_path, gguf_file)
+    tok = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok

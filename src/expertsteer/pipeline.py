@@ -1,0 +1,373 @@
+"""ExpertSteer end to end: expert states → align (1) → MI pairing (2) → vectors (3) → plan.
+
+Models are loaded one at a time (expert, freed, then target), so peak memory stays near the
+larger model; hidden states come from the on-disk cache when present.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .align import make_aligner
+from .data import Dataset, generic_texts
+from .estimators import make_estimator
+from .extract import encode, extract
+from .mi import mi_matrix
+from .models import LoadedModel, load_model
+from .pairing import select_pairs
+from .plan import ModelInfo, SteeringPlan
+from .tokens import shared_token_ends
+from .types import LayerPair, Tensor
+
+ModelRef = str | LoadedModel
+ROUTES = ("encoded", "expert")
+TARGET_METHODS = ("mean-diff", "pca", "logistic", "self-rfm")
+
+
+def _auc(scores: Tensor, y: Tensor) -> float:
+    pos, neg = scores[y == 1], scores[y == 0]
+    return float(
+        (pos[:, None] > neg[None, :]).double().mean()
+        + 0.5 * (pos[:, None] == neg[None, :]).double().mean()
+    )
+
+
+def _depth_match(i: int, n_from: int, n_to: int) -> int:
+    return round(i * (n_to - 1) / max(n_from - 1, 1))
+
+
+def _alpha_defaults(states: Tensor, layers: Sequence[int], scale: float) -> tuple[dict, dict]:
+    """α_j = scale × mean residual norm of layer j: one setting that transfers across models."""
+    norms = {j: float(states[j].norm(dim=-1).mean()) for j in layers}
+    return {j: scale * n for j, n in norms.items()}, norms
+
+
+@dataclass
+class _States:
+    contrast: Tensor  # [L, N, d] at the read position
+    align: Tensor | None = None  # [L, P, d] at the shared token positions
+    info: ModelInfo | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _with_model(ref: ModelRef, fn, **load_kwargs):
+    """Run ``fn(lm)`` with the model loaded just for it (freed afterwards if we loaded it)."""
+    owned = not isinstance(ref, LoadedModel)
+    lm = load_model(ref, **load_kwargs) if owned else ref
+    try:
+        return fn(lm)
+    finally:
+        if owned:
+            del lm
+            gc.collect()
+
+
+class ExpertSteer:
+    """Fit a :class:`SteeringPlan` for ``target`` from the hidden states of ``expert``.
+
+    Hyper-parameters (sklearn style; nothing is learned in ``__init__``):
+
+    - ``aligner``: ``ridge`` (default; target-aware, best measured transfer), ``procrustes``,
+      ``paired-ae``, or ``ae`` (the paper's reconstruction-only auto-encoder, a baseline).
+      Paired aligners map expert layer i onto the target layer at the same relative depth.
+    - ``pairing``: ``depth`` / ``highest`` / ``monotone`` (follow the high-MI ridge), ``lowest``
+      (the paper's rule) or ``given`` (``given_pairs``); ``n_pairs``; ``exclude_outer`` blocks.
+    - ``estimator``: ``rfm`` (the paper), ``mean-diff``, ``pca`` or ``logistic``.
+    - ``route``: ``encoded`` (estimator on f_i(h^E_i), already in target space) or ``expert``
+      (estimator in expert space, the vector carried over by the map's linear part).
+    - ``alpha_scale``: default α per layer as a fraction of its mean residual norm.
+    - ``align_texts``: texts for the alignment maps, separate from the contrast data
+      (default: the library's generic text set); ``max_align_positions`` per text.
+    """
+
+    def __init__(
+        self,
+        expert: ModelRef,
+        target: ModelRef,
+        *,
+        aligner: str = "ridge",
+        pairing: str = "depth",
+        n_pairs: int = 4,
+        exclude_outer: int = 1,
+        given_pairs: Sequence[LayerPair] | None = None,
+        estimator: str = "rfm",
+        route: str = "encoded",
+        mi_estimator: str = "gaussian",
+        mi_components: int = 16,
+        position: str = "last",
+        chat_template: bool = False,
+        alpha_scale: float = 0.15,
+        align_texts: Sequence[str] | None = None,
+        n_align_texts: int = 256,
+        max_align_positions: int = 32,
+        batch_size: int = 16,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.expert, self.target = expert, target
+        self.aligner, self.pairing, self.n_pairs = aligner, pairing, n_pairs
+        self.exclude_outer, self.given_pairs = exclude_outer, given_pairs
+        self.estimator, self.route = estimator, route
+        self.mi_estimator, self.mi_components = mi_estimator, mi_components
+        self.position, self.chat_template, self.alpha_scale = position, chat_template, alpha_scale
+        self.align_texts, self.n_align_texts = align_texts, n_align_texts
+        self.max_align_positions = max_align_positions
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+
+    def _params(self) -> dict[str, Any]:
+        skip = {"expert", "target", "progress", "align_texts"}
+        out = {k: v for k, v in vars(self).items() if not k.endswith("_") and k not in skip}
+        out["given_pairs"] = [list(p) for p in self.given_pairs] if self.given_pairs else None
+        out["align_texts"] = "user" if self.align_texts is not None else "generic"
+        return out
+
+    def _check(self, data: Dataset) -> None:
+        make_aligner(self.aligner)
+        make_estimator(self.estimator)
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, not {self.route!r}")
+        overlap = set(data.texts) & set(self._align_texts())
+        if overlap:
+            raise ValueError(
+                f"{len(overlap)} alignment texts also appear in the contrast data; the map must "
+                "be fitted on separate texts or the 'expert' vector is the target's own"
+            )
+
+    def _align_texts(self) -> list[str]:
+        if self.align_texts is not None:
+            return list(self.align_texts)
+        return generic_texts(self.n_align_texts, seed=self.seed)
+
+    def _shared_positions(self, expert_lm: LoadedModel, target_tok, texts: list[str]):
+        enc_e = encode(expert_lm, texts, offsets=True)
+        enc_t = target_tok(texts, return_offsets_mapping=True, truncation=True, max_length=512)
+        rng = random.Random(self.seed)
+        pos_e, pos_t = [], []
+        for k, e in enumerate(enc_e):
+            pairs = shared_token_ends(e["offsets"], enc_t["offset_mapping"][k])
+            if len(pairs) > self.max_align_positions:
+                pairs = sorted(rng.sample(pairs, self.max_align_positions))
+            pos_e.append([p[0] for p in pairs])
+            pos_t.append([p[1] for p in pairs])
+        if sum(map(len, pos_e)) < 32:
+            raise ValueError(
+                "the two tokenizers share fewer than 32 token ends on the "
+                "alignment texts; pass more or longer align_texts"
+            )
+        return pos_e, pos_t
+
+    def fit(self, data: Dataset) -> SteeringPlan:
+        """Run steps 1-3 on ``data`` (labelled prompts or contrast pairs) and return the plan."""
+        self._check(data)
+        timings: dict[str, float] = {}
+        texts, y = list(data.texts), data.labels
+        groups = data.groups
+        align_texts = self._align_texts()
+        kw = dict(
+            position=self.position,
+            chat_template=self.chat_template,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+        t0 = time.perf_counter()
+        from .models import load_tokenizer
+
+        target_tok = (
+            self.target.tokenizer
+            if isinstance(self.target, LoadedModel)
+            else load_tokenizer(self.target)
+        )
+
+        def expert_pass(lm: LoadedModel):
+            pos_e, pos_t = self._shared_positions(lm, target_tok, align_texts)
+            contrast = extract(lm, texts, **kw)
+            align = extract(
+                lm, align_texts, position=pos_e, batch_size=self.batch_size, progress=self.progress
+            )
+            return _States(contrast, align, ModelInfo.of(lm)), pos_t
+
+        ex, pos_t = _with_model(self.expert, expert_pass)
+        timings["expert_states"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+
+        def target_pass(lm: LoadedModel):
+            contrast = extract(lm, texts, **kw)
+            align = extract(
+                lm, align_texts, position=pos_t, batch_size=self.batch_size, progress=self.progress
+            )
+            return _States(contrast, align, ModelInfo.of(lm))
+
+        tg = _with_model(self.target, target_pass)
+        timings["target_states"] = time.perf_counter() - t0
+
+        # Step 1: one map per expert layer, onto the target layer at the same relative depth.
+        t0 = time.perf_counter()
+        L_E, L_T = ex.contrast.shape[0], tg.contrast.shape[0]
+        aligners, quality = [], {}
+        for i in tqdm(range(L_E), desc=f"align ({self.aligner})", disable=not self.progress):
+            j = _depth_match(i, L_E, L_T)
+            a = make_aligner(
+                self.aligner, **({"seed": self.seed} if self.aligner != "ridge" else {})
+            )
+            a.fit(ex.align[i], tg.align[j])
+            aligners.append(a)
+            quality[str(i)] = {"target_layer": j, **{k: float(v) for k, v in a.quality_.items()}}
+        timings["align"] = time.perf_counter() - t0
+
+        # Step 2: MI between every encoded expert layer and every target layer.
+        t0 = time.perf_counter()
+        encoded = [aligners[i].transform(ex.contrast[i]) for i in range(L_E)]
+        n_comp = min(self.mi_components, len(texts) - 2)
+        mi = None
+        if self.pairing != "given" or self.given_pairs is None:
+            mi = mi_matrix(
+                encoded,
+                list(tg.contrast),
+                estimator=self.mi_estimator,
+                n_components=n_comp,
+                progress=self.progress,
+            )
+        pairs = select_pairs(
+            mi,
+            strategy=self.pairing,
+            n_pairs=self.n_pairs,
+            n_expert_layers=L_E,
+            n_target_layers=L_T,
+            exclude_outer=self.exclude_outer,
+            given=self.given_pairs,
+        )
+        timings["mi_pairing"] = time.perf_counter() - t0
+
+        # Step 3: a direction per pair, from the expert's states only.
+        t0 = time.perf_counter()
+        vectors, stats = {}, {}
+        for i, j in tqdm(pairs, desc=f"vectors ({self.estimator})", disable=not self.progress):
+            est = make_estimator(
+                self.estimator, **({"seed": self.seed} if self.estimator != "mean-diff" else {})
+            )
+            if self.route == "encoded":
+                v = est.fit(encoded[i], y, groups).direction_
+            else:
+                v = aligners[i].map_direction(est.fit(ex.contrast[i], y, groups).direction_)
+            vectors[j] = v.float()
+            own = make_estimator("mean-diff").fit(tg.contrast[j], y, groups).direction_
+            stats[str(j)] = {
+                "expert_layer": i,
+                **{f"expert_{k}": float(val) for k, val in est.stats_.items()},
+                # Diagnostics on the target's own states (never used to fit the vector):
+                "target_auc": _auc(tg.contrast[j] @ v, y),
+                "cos_target_mean_diff": float(torch.dot(v, own)),
+            }
+        timings["vectors"] = time.perf_counter() - t0
+        alphas, norms = _alpha_defaults(tg.contrast, list(vectors), self.alpha_scale)
+        return SteeringPlan(
+            vectors=vectors,
+            alphas=alphas,
+            target=tg.info,
+            method="expertsteer",
+            expert=ex.info,
+            pairs=pairs,
+            layer_norms=norms,
+            mi_matrix=mi,
+            config=self._params(),
+            provenance={
+                "data": data.spec,
+                "n_examples": len(texts),
+                "data_kind": data.kind,
+                "align_data": (
+                    "user texts"
+                    if self.align_texts is not None
+                    else "generic (library text set, disjoint from the data)"
+                ),
+                "n_align_texts": len(align_texts),
+                "n_align_positions": int(ex.align.shape[1]),
+                "route": self.route,
+                "aligner_quality": quality,
+                "vector_stats": stats,
+                "timings_s": {k: round(v, 2) for k, v in timings.items()},
+                "library_version": __version__,
+            },
+        )
+
+
+def fit_target_only(
+    target: ModelRef,
+    data: Dataset,
+    *,
+    method: str = "mean-diff",
+    layers: Sequence[int] | None = None,
+    n_layers: int = 4,
+    exclude_outer: int = 1,
+    position: str = "last",
+    chat_template: bool = False,
+    alpha_scale: float = 0.15,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> SteeringPlan:
+    """The baselines: a plan from the target's own states (CAA, RepE-PCA, ITI probe, self-RFM)."""
+    if method not in TARGET_METHODS:
+        raise ValueError(f"method must be one of {TARGET_METHODS}, not {method!r}")
+    t0 = time.perf_counter()
+
+    def run(lm: LoadedModel):
+        return extract(
+            lm,
+            list(data.texts),
+            position=position,
+            chat_template=chat_template,
+            batch_size=batch_size,
+            progress=progress,
+        ), ModelInfo.of(lm)
+
+    states, info = _with_model(target, run)
+    if layers is None:
+        from .pairing import depth_pairs
+
+        layers = [
+            j
+            for _, j in depth_pairs(
+                info.n_layers, info.n_layers, n_layers, exclude_outer=exclude_outer
+            )
+        ]
+    name = "rfm" if method == "self-rfm" else method
+    vectors, stats = {}, {}
+    for j in layers:
+        est = make_estimator(name, **({} if name == "mean-diff" else {"seed": seed}))
+        vectors[j] = est.fit(states[j], data.labels, data.groups).direction_.float()
+        stats[str(j)] = {k: float(v) for k, v in est.stats_.items()}
+    alphas, norms = _alpha_defaults(states, list(vectors), alpha_scale)
+    return SteeringPlan(
+        vectors=vectors,
+        alphas=alphas,
+        target=info,
+        method=method,
+        layer_norms=norms,
+        config={
+            "method": method,
+            "layers": list(layers),
+            "position": position,
+            "chat_template": chat_template,
+            "alpha_scale": alpha_scale,
+            "seed": seed,
+        },
+        provenance={
+            "data": data.spec,
+            "n_examples": len(data),
+            "data_kind": data.kind,
+            "vector_stats": stats,
+            "library_version": __version__,
+            "timings_s": {"total": round(time.perf_counter() - t0, 2)},
+        },
+    )

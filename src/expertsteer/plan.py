@@ -1,0 +1,226 @@
+"""SteeringPlan: what a fit produces — per target layer a unit vector and a default α.
+
+Plain data (safetensors + JSON, no pickle), so anything can produce or consume it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .io import CorruptFileError, load_tensors, save_tensors, write_json
+from .types import LayerPair, Tensor
+
+CONFIG_NAME = "steering_config.json"
+TENSORS_NAME = "steering_vectors.safetensors"
+FORMAT_VERSION = 1
+
+
+class PlanMismatchError(ValueError):
+    """A plan applied to, or combined with, a model it was not fitted for."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a model: enough to refuse a plan on the wrong one."""
+
+    name: str
+    fingerprint: str
+    n_layers: int
+    hidden_size: int
+
+    @classmethod
+    def of(cls, lm: Any) -> ModelInfo:
+        return cls(lm.name, lm.fingerprint, lm.n_layers, lm.hidden_size)
+
+
+@dataclass
+class SteeringPlan:
+    """Unit vectors ``vectors[j]`` added as ``alphas[j] * vectors[j]`` to target block ``j``."""
+
+    vectors: dict[int, Tensor]
+    alphas: dict[int, float]
+    target: ModelInfo
+    method: str = "expertsteer"
+    expert: ModelInfo | None = None
+    pairs: list[LayerPair] = field(default_factory=list)
+    layer_norms: dict[int, float] = field(default_factory=dict)
+    mi_matrix: Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vectors = {
+            int(j): v.detach().float().cpu().reshape(-1) for j, v in sorted(self.vectors.items())
+        }
+        self.alphas = {int(j): float(a) for j, a in sorted(self.alphas.items())}
+        self.layer_norms = {int(j): float(n) for j, n in sorted(self.layer_norms.items())}
+        self.pairs = [(int(i), int(j)) for i, j in self.pairs]
+        if not self.vectors:
+            raise ValueError("a SteeringPlan needs at least one layer vector")
+        if set(self.alphas) != set(self.vectors):
+            raise ValueError(
+                f"alphas cover layers {sorted(self.alphas)} but vectors cover "
+                f"{sorted(self.vectors)}"
+            )
+        for j, v in self.vectors.items():
+            if not 0 <= j < self.target.n_layers:
+                raise ValueError(f"layer {j} is outside the target's {self.target.n_layers} layers")
+            if v.numel() != self.target.hidden_size:
+                raise ValueError(
+                    f"vector for layer {j} has {v.numel()} values; the target's "
+                    f"hidden size is {self.target.hidden_size}"
+                )
+            if not torch.isfinite(v).all():
+                raise ValueError(f"vector for layer {j} is not finite")
+        bad = [j for j, a in self.alphas.items() if not math.isfinite(a)]
+        if bad:
+            raise ValueError(f"alphas of layers {bad} are not finite")
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.vectors)
+
+    def steering_vectors(self, scale: float = 1.0) -> dict[int, Tensor]:
+        """What is added to each block's output: ``scale * alpha_j * v_j``."""
+        return {j: scale * self.alphas[j] * v for j, v in self.vectors.items()}
+
+    # --- arithmetic (repeng-style): scale, negate, combine ------------------------------
+
+    def __mul__(self, scale: float) -> SteeringPlan:
+        return replace(self, alphas={j: a * float(scale) for j, a in self.alphas.items()})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringPlan:
+        return self * -1.0
+
+    def __add__(self, other: SteeringPlan) -> SteeringPlan:
+        """Both plans at once. On a shared layer the added vectors sum (a_1 v_1 + a_2 v_2)."""
+        if not isinstance(other, SteeringPlan):
+            return NotImplemented
+        if (self.target.fingerprint, self.target.hidden_size) != (
+            other.target.fingerprint,
+            other.target.hidden_size,
+        ):
+            raise PlanMismatchError("cannot add plans fitted for different target models")
+        added = self.steering_vectors()
+        for j, v in other.steering_vectors().items():
+            added[j] = added[j] + v if j in added else v
+        alphas = {j: float(v.norm()) for j, v in added.items()}
+        vectors = {j: v / alphas[j] if alphas[j] > 0 else v for j, v in added.items()}
+        return SteeringPlan(
+            vectors=vectors,
+            alphas=alphas,
+            target=self.target,
+            method="sum",
+            layer_norms={**other.layer_norms, **self.layer_norms},
+            provenance={"sum_of": [self.method, other.method]},
+        )
+
+    __radd__ = __add__
+
+    def __sub__(self, other: SteeringPlan) -> SteeringPlan:
+        return self + (-other)
+
+    # --- compatibility ------------------------------------------------------------------
+
+    def check_target(self, lm: Any, *, strict: bool = True) -> None:
+        """Refuse a model of another width/depth; with ``strict``, any other weights too."""
+        if lm.hidden_size != self.target.hidden_size or lm.n_layers != self.target.n_layers:
+            raise PlanMismatchError(
+                f"plan was fitted for {self.target.name} ({self.target.n_layers} layers, "
+                f"hidden {self.target.hidden_size}); {lm.name} has {lm.n_layers} layers, "
+                f"hidden {lm.hidden_size}"
+            )
+        if strict and lm.fingerprint != self.target.fingerprint:
+            raise PlanMismatchError(
+                f"plan was fitted for {self.target.name} (fingerprint "
+                f"{self.target.fingerprint}), not for {lm.name} ({lm.fingerprint}). Refit it for "
+                "this model, or pass strict=False to apply it anyway"
+            )
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``steering_vectors.safetensors`` and ``steering_config.json`` atomically."""
+        directory = Path(directory)
+        tensors = {f"layer.{j}": v for j, v in self.vectors.items()}
+        if self.mi_matrix is not None:
+            tensors["mi_matrix"] = self.mi_matrix.detach().double().cpu()
+        digest = save_tensors(directory / TENSORS_NAME, tensors)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "method": self.method,
+            "target": asdict(self.target),
+            "expert": asdict(self.expert) if self.expert else None,
+            "pairs": [list(p) for p in self.pairs],
+            "alphas": {str(j): a for j, a in self.alphas.items()},
+            "layer_norms": {str(j): n for j, n in self.layer_norms.items()},
+            "config": self.config,
+            "provenance": self.provenance,
+            "tensors_sha256": digest,
+        }
+        write_json(directory / CONFIG_NAME, config)  # last: its checksum vouches for the tensors
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SteeringPlan:
+        """Load a plan folder written by :meth:`save_pretrained` (or a hub repo id)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            directory = _download(str(directory))
+        cfg_path, t_path = directory / CONFIG_NAME, directory / TENSORS_NAME
+        for p in (cfg_path, t_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} is missing: {directory} is not a saved SteeringPlan")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CorruptFileError(f"{cfg_path} is not valid JSON ({exc})") from exc
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise CorruptFileError(
+                f"{cfg_path} has format_version {cfg.get('format_version')}; "
+                f"this library reads {FORMAT_VERSION}"
+            )
+        tensors, meta = load_tensors(t_path)
+        if meta.get("sha256") != cfg.get("tensors_sha256"):
+            raise CorruptFileError(
+                f"{t_path} does not match {cfg_path} (checksums differ): "
+                "the folder was partly overwritten"
+            )
+        try:
+            return cls(
+                vectors={
+                    int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")
+                },
+                alphas={int(j): a for j, a in cfg["alphas"].items()},
+                target=ModelInfo(**cfg["target"]),
+                method=cfg["method"],
+                expert=ModelInfo(**cfg["expert"]) if cfg.get("expert") else None,
+                pairs=[tuple(p) for p in cfg.get("pairs", [])],
+                layer_norms={int(j): n for j, n in cfg.get("layer_norms", {}).items()},
+                mi_matrix=tensors.get("mi_matrix"),
+                config=cfg.get("config", {}),
+                provenance=cfg.get("provenance", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{cfg_path} lacks a field a plan needs ({exc})") from exc
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, TENSORS_NAME]))
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a plan folder nor a reachable hub repo ({exc})"
+        ) from exc
