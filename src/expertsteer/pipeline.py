@@ -86,7 +86,8 @@ class ExpertSteer:
       (estimator in expert space, the vector carried over by the map's linear part).
     - ``alpha_scale``: default α per layer as a fraction of its mean residual norm.
     - ``align_texts``: texts for the alignment maps, separate from the contrast data
-      (default: the library's generic text set); ``max_align_positions`` per text.
+      (default: the library's generic text set), read up to ``align_max_length`` tokens, at most
+      ``max_align_positions`` shared positions per text (the cost is the forward passes).
     """
 
     def __init__(
@@ -107,7 +108,8 @@ class ExpertSteer:
         chat_template: bool = False,
         alpha_scale: float = 0.15,
         align_texts: Sequence[str] | None = None,
-        n_align_texts: int = 256,
+        n_align_texts: int = 192,
+        align_max_length: int = 96,
         max_align_positions: int = 32,
         batch_size: int = 16,
         seed: int = 0,
@@ -120,7 +122,7 @@ class ExpertSteer:
         self.mi_estimator, self.mi_components = mi_estimator, mi_components
         self.position, self.chat_template, self.alpha_scale = position, chat_template, alpha_scale
         self.align_texts, self.n_align_texts = align_texts, n_align_texts
-        self.max_align_positions = max_align_positions
+        self.align_max_length, self.max_align_positions = align_max_length, max_align_positions
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
 
     def _params(self) -> dict[str, Any]:
@@ -148,8 +150,9 @@ class ExpertSteer:
         return generic_texts(self.n_align_texts, seed=self.seed)
 
     def _shared_positions(self, expert_lm: LoadedModel, target_tok, texts: list[str]):
-        enc_e = encode(expert_lm, texts, offsets=True)
-        enc_t = target_tok(texts, return_offsets_mapping=True, truncation=True, max_length=512)
+        n = self.align_max_length
+        enc_e = encode(expert_lm, texts, offsets=True, max_length=n)
+        enc_t = target_tok(texts, return_offsets_mapping=True, truncation=True, max_length=n)
         rng = random.Random(self.seed)
         pos_e, pos_t = [], []
         for k, e in enumerate(enc_e):
@@ -192,7 +195,12 @@ class ExpertSteer:
             pos_e, pos_t = self._shared_positions(lm, target_tok, align_texts)
             contrast = extract(lm, texts, **kw)
             align = extract(
-                lm, align_texts, position=pos_e, batch_size=self.batch_size, progress=self.progress
+                lm,
+                align_texts,
+                position=pos_e,
+                batch_size=self.batch_size,
+                max_length=self.align_max_length,
+                progress=self.progress,
             )
             return _States(contrast, align, ModelInfo.of(lm)), pos_t
 
@@ -204,7 +212,12 @@ class ExpertSteer:
         def target_pass(lm: LoadedModel):
             contrast = extract(lm, texts, **kw)
             align = extract(
-                lm, align_texts, position=pos_t, batch_size=self.batch_size, progress=self.progress
+                lm,
+                align_texts,
+                position=pos_t,
+                batch_size=self.batch_size,
+                max_length=self.align_max_length,
+                progress=self.progress,
             )
             return _States(contrast, align, ModelInfo.of(lm))
 
