@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Steer a target LLM with steering vectors built from an expert model.",
 )
-console = Console()
+# Piped output (CI logs, files) gets a width that fits the tables instead of rich's 80.
+console = Console(width=None if sys.stdout.isatty() else 130)
 
 
 @app.callback()

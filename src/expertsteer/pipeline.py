@@ -22,7 +22,7 @@ from .data import Dataset, generic_texts
 from .estimators import make_estimator
 from .extract import encode, extract
 from .mi import mi_matrix
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, load_tokenizer
 from .pairing import select_pairs
 from .plan import ModelInfo, SteeringPlan
 from .tokens import shared_token_ends
@@ -183,8 +183,6 @@ class ExpertSteer:
         )
 
         t0 = time.perf_counter()
-        from .models import load_tokenizer
-
         target_tok = (
             self.target.tokenizer
             if isinstance(self.target, LoadedModel)
