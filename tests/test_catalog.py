@@ -1,5 +1,6 @@
 """The packaged offline models. Tests marked ``real`` convert/load them (CI runs them all)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -177,3 +178,19 @@ def test_load_from_gguf_file_directly():
         extract(lm, texts, cache=False, progress=False),
         extract(converted, texts, cache=False, progress=False),
     )
+
+
+@pytest.mark.real
+def test_smollm2_converts_from_scratch_into_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path))
+    entry = catalog.get_entry("smollm2-135m")
+    assert catalog.status(entry) == "installed"
+    path = catalog.model_path("smollm2-135m", progress=False)
+    assert catalog.status(entry) == "ready" and path.parent == tmp_path / "models"
+    manifest = json.loads((path / catalog.MANIFEST).read_text())
+    assert "Paris" in manifest["check"]["greedy"]
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config  # saved as a plain, dequantised model
+    lm = load_model(path)
+    assert lm.tokenizer.eos_token == "<|im_end|>"

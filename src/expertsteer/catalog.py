@@ -298,55 +298,60 @@ def convert(entry: CatalogEntry, out: Path, *, progress: bool = True) -> Path:
 
     _require_installed(entry)
     start = time.perf_counter()
+    was_enabled = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
-    with atomic_dir(out) as tmp:
-        gguf = _write_gguf(entry, tmp / "model.gguf")
-        if entry.name == "gemma3-270m":
-            tokenizer = gemma_bpe_tokenizer(gguf)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        if entry.name in FIXES:
-            FIXES[entry.name](tokenizer, model, gguf)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        # A dequantised model must be saved as a plain one, not as "GGUF-quantised".
-        model.hf_quantizer = None
-        model.config.quantization_config = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        text, logits = _greedy(model, tokenizer, entry.check_prompt)
-        hf_dir = tmp
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        del model
-        gc.collect()
-        if gguf.parent == tmp:
-            gguf.unlink()
-        # The check: the saved folder reloads to the very same logits, and the model speaks.
-        reloaded = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-        re_tok = AutoTokenizer.from_pretrained(hf_dir)
-        re_text, re_logits = _greedy(reloaded, re_tok, entry.check_prompt)
-        if not torch.equal(logits, re_logits) or re_text != text:
-            raise RuntimeError(f"converted {entry.name} does not reload to the same outputs")
-        if entry.check_word and entry.check_word not in text:
-            raise RuntimeError(
-                f"converted {entry.name} answered {entry.check_prompt!r} with {text!r}, "
-                f"expected {entry.check_word!r}: the conversion is broken"
+    try:
+        with atomic_dir(out) as tmp:
+            gguf = _write_gguf(entry, tmp / "model.gguf")
+            if entry.name == "gemma3-270m":
+                tokenizer = gemma_bpe_tokenizer(gguf)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
             )
-        del reloaded
-        write_json(
-            tmp / MANIFEST,
-            {
-                "name": entry.name,
-                "converter_version": CONVERTER_VERSION,
-                "packages": {p: md.version(p) for p in entry.packages},
-                "check": {"prompt": entry.check_prompt, "greedy": text},
-                "seconds": round(time.perf_counter() - start, 1),
-            },
-        )
+            if entry.name in FIXES:
+                FIXES[entry.name](tokenizer, model, gguf)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            # A dequantised model must be saved as a plain one, not as "GGUF-quantised".
+            model.hf_quantizer = None
+            model.config.quantization_config = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            text, logits = _greedy(model, tokenizer, entry.check_prompt)
+            hf_dir = tmp
+            model.save_pretrained(hf_dir)
+            tokenizer.save_pretrained(hf_dir)
+            del model
+            gc.collect()
+            if gguf.parent == tmp:
+                gguf.unlink()
+            # The check: the saved folder reloads to the very same logits, and the model speaks.
+            reloaded = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+            re_tok = AutoTokenizer.from_pretrained(hf_dir)
+            re_text, re_logits = _greedy(reloaded, re_tok, entry.check_prompt)
+            if not torch.equal(logits, re_logits) or re_text != text:
+                raise RuntimeError(f"converted {entry.name} does not reload to the same outputs")
+            if entry.check_word and entry.check_word not in text:
+                raise RuntimeError(
+                    f"converted {entry.name} answered {entry.check_prompt!r} with {text!r}, "
+                    f"expected {entry.check_word!r}: the conversion is broken"
+                )
+            del reloaded
+            write_json(
+                tmp / MANIFEST,
+                {
+                    "name": entry.name,
+                    "converter_version": CONVERTER_VERSION,
+                    "packages": {p: md.version(p) for p in entry.packages},
+                    "check": {"prompt": entry.check_prompt, "greedy": text},
+                    "seconds": round(time.perf_counter() - start, 1),
+                },
+            )
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     gc.collect()
     return out
