@@ -9,13 +9,17 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import __version__
 from .io import CorruptFileError, load_tensors, save_tensors, write_json
 from .types import LayerPair, Tensor
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+    from .steer import Scope, SteeringHandle
 
 CONFIG_NAME = "steering_config.json"
 TENSORS_NAME = "steering_vectors.safetensors"
@@ -145,6 +149,25 @@ class SteeringPlan:
                 f"{self.target.fingerprint}), not for {lm.name} ({lm.fingerprint}). Refit it for "
                 "this model, or pass strict=False to apply it anyway"
             )
+
+    # --- steering -------------------------------------------------------------------------
+
+    def apply(
+        self,
+        lm: LoadedModel,
+        alpha: float = 1.0,
+        *,
+        layer_alphas: dict[int, float] | None = None,
+        scope: Scope = "all",
+        strict: bool = True,
+    ) -> SteeringHandle:
+        """Hook this plan into ``lm`` (see :func:`expertsteer.steer.attach`); a context manager.
+
+        ``with plan.apply(lm, alpha=2.0, scope="prompt"): lm.model.generate(...)``
+        """
+        from .steer import attach  # steer imports this module
+
+        return attach(lm, self, alpha=alpha, layer_alphas=layer_alphas, scope=scope, strict=strict)
 
     # --- persistence ----------------------------------------------------------------------
 
