@@ -13,23 +13,14 @@ forward passes.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
-from dataclasses import replace
 
-from expertsteer.data import Dataset, load_data
+from expertsteer.data import load_data
 from expertsteer.estimators import MeanDiff
 from expertsteer.extract import extract
 from expertsteer.models import load_model
 from expertsteer.pipeline import ExpertSteer, _auc
-
-
-def shuffled(ds: Dataset, seed: int) -> Dataset:
-    labels = [e.label for e in ds.examples]
-    random.Random(seed).shuffle(labels)
-    examples = tuple(replace(e, label=y) for e, y in zip(ds.examples, labels))
-    return Dataset(spec=f"{ds.spec} (shuffled {seed})", kind=ds.kind, examples=examples)
 
 
 def row(name: str, plan, seconds: float, states, y) -> str:
@@ -68,7 +59,10 @@ def main() -> None:
     states = extract(target, ds.texts, progress=False)
     y = ds.labels
     runs = [(a, a, ds) for a in ("ridge", "procrustes", "paired-ae", "ae")]
-    runs += [(f"ridge, shuffled labels #{k}", "ridge", shuffled(ds, k)) for k in range(args.nulls)]
+    runs += [
+        (f"ridge, shuffled labels #{k}", "ridge", ds.shuffle_labels(seed=k))
+        for k in range(args.nulls)
+    ]
     for name, aligner, data in runs:
         t0 = time.perf_counter()
         plan = ExpertSteer(expert, target, aligner=aligner, progress=False).fit(data)

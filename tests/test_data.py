@@ -625,3 +625,18 @@ def test_generic_texts():
     assert any("  " not in t and "\n" not in t for t in everything)  # prose is normalised
     short = generic_texts(min_chars=20, max_chars=100)
     assert all(20 <= len(t) <= 100 for t in short) and len(short) > len(everything) // 2
+
+
+def test_shuffle_labels_is_a_valid_null():
+    from expertsteer.data import Dataset, Example
+
+    labelled = Dataset("x", "labelled", tuple(Example(f"t{k}", k % 2) for k in range(40)))
+    null = labelled.shuffle_labels(seed=3)
+    assert null.texts == labelled.texts
+    assert sorted(null.labels.tolist()) == sorted(labelled.labels.tolist())
+    assert not torch.equal(null.labels, labelled.labels)
+    assert torch.equal(null.labels, labelled.shuffle_labels(seed=3).labels)
+    pairs = Dataset("p", "pairs", tuple(Example(f"t{k}", k % 2, group=k // 2) for k in range(40)))
+    flipped = pairs.shuffle_labels(seed=0)  # Dataset validation: one positive per pair still
+    assert torch.equal(flipped.groups, pairs.groups)
+    assert 0 < int((flipped.labels != pairs.labels).sum()) < 40

