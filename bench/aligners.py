@@ -17,17 +17,17 @@ import statistics
 import time
 
 from expertsteer.data import load_data
-from expertsteer.estimators import MeanDiff
+from expertsteer.estimators import MeanDiff, auc
 from expertsteer.extract import extract
 from expertsteer.models import load_model
-from expertsteer.pipeline import ExpertSteer, _auc
+from expertsteer.pipeline import ExpertSteer
 
 
 def row(name: str, plan, seconds: float, states, y) -> str:
     """Metrics against the TRUE labels on the target's own states (the null used shuffled)."""
     q = plan.provenance["aligner_quality"]
     r2 = [q[str(i)]["r2_val"] for i, _ in plan.pairs]
-    auc = [_auc(states[j] @ v, y) for j, v in plan.vectors.items()]
+    auc = [auc(states[j] @ v, y) for j, v in plan.vectors.items()]
     own = {j: MeanDiff().fit(states[j], y).direction_ for j in plan.layers}
     cos = [float(v @ own[j]) for j, v in plan.vectors.items()]
     return (

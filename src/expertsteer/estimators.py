@@ -46,7 +46,7 @@ MIN_PER_CLASS = 4
 _E = TypeVar("_E", bound="DirectionEstimator")
 
 
-def _auc(scores: Tensor, y: Tensor) -> float:
+def auc(scores: Tensor, y: Tensor) -> float:
     return float(roc_auc_score(y.cpu().numpy(), scores.detach().double().cpu().numpy()))
 
 
@@ -136,7 +136,7 @@ class DirectionEstimator(ABC):
         if proj[y].mean() < proj[~y].mean():
             direction, proj = -direction, -proj
         self.direction_ = direction.to(torch.float32).cpu()
-        self.stats_ = {"auc": _auc(proj, y), "separation": _separation(proj, y), **extra}
+        self.stats_ = {"auc": auc(proj, y), "separation": _separation(proj, y), **extra}
         return self
 
     def project(self, X: Tensor) -> Tensor:
@@ -323,7 +323,7 @@ class Logistic(DirectionEstimator):
                 probe = self._probe(cand, Z[tr], labels[tr])
                 scores = torch.from_numpy(probe.decision_function(Z[va]))
                 yv = torch.from_numpy(labels[va])
-                score = (_auc(scores, yv), _accuracy(scores, yv))
+                score = (auc(scores, yv), _accuracy(scores, yv))
                 if score > best:
                     best, C = score, cand
             stats.update(val_auc=best[0], val_acc=best[1])
@@ -595,7 +595,7 @@ class RFM(DirectionEstimator):
                 # AUC and accuracy often tie (at 1.0 on separable data); the squared error of the
                 # ±1 regression then breaks the tie on how well the margin is fitted.
                 neg_mse = -float((scores - tva).square().mean())
-                score = (_auc(scores, yva), _accuracy(scores, yva, -offset), neg_mse)
+                score = (auc(scores, yva), _accuracy(scores, yva, -offset), neg_mse)
                 if score > best:
                     best, choice = score, (bandwidth, ridge)
         return choice[0], choice[1], best[0]
@@ -627,10 +627,10 @@ class RFM(DirectionEstimator):
             "ridge": ridge,
             "bandwidth_abs": model.L,
             "select_val_auc": select_auc,
-            "val_auc": _auc(val_scores, y[va]),
+            "val_auc": auc(val_scores, y[va]),
             # Scores exclude the target mean, so −offset is the ±1 midpoint threshold.
             "val_acc": _accuracy(val_scores, y[va], -val_model.offset),
-            "val_direction_auc": _auc(X[va] @ v_tr, y[va]),
+            "val_direction_auc": auc(X[va] @ v_tr, y[va]),
             "top_eig_frac": top_frac,
             "n_centres": float(len(model.C)),
             "n_iter": float(self.n_iter),

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .align import make_aligner
 from .data import Dataset, generic_texts
-from .estimators import make_estimator
+from .estimators import auc, make_estimator
 from .extract import encode, extract
 from .mi import mi_matrix
 from .models import LoadedModel, load_model, load_tokenizer
@@ -31,14 +31,6 @@ from .types import LayerPair, Tensor
 ModelRef = str | LoadedModel
 ROUTES = ("encoded", "expert")
 TARGET_METHODS = ("mean-diff", "pca", "logistic", "self-rfm")
-
-
-def _auc(scores: Tensor, y: Tensor) -> float:
-    pos, neg = scores[y == 1], scores[y == 0]
-    return float(
-        (pos[:, None] > neg[None, :]).double().mean()
-        + 0.5 * (pos[:, None] == neg[None, :]).double().mean()
-    )
 
 
 def _depth_match(i: int, n_from: int, n_to: int) -> int:
@@ -277,7 +269,7 @@ class ExpertSteer:
                 "expert_layer": i,
                 **{f"expert_{k}": float(val) for k, val in est.stats_.items()},
                 # Diagnostics on the target's own states (never used to fit the vector):
-                "target_auc": _auc(tg.contrast[j] @ v, y),
+                "target_auc": auc(tg.contrast[j] @ v, y),
                 "cos_target_mean_diff": float(torch.dot(v, own)),
             }
         timings["vectors"] = time.perf_counter() - t0
