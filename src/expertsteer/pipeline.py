@@ -10,7 +10,7 @@ import gc
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,7 +48,6 @@ class _States:
     contrast: Tensor  # [L, N, d] at the read position
     align: Tensor | None = None  # [L, P, d] at the shared token positions
     info: ModelInfo | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _with_model(ref: ModelRef, fn, **load_kwargs):
@@ -181,37 +180,27 @@ class ExpertSteer:
             else load_tokenizer(self.target)
         )
 
-        def expert_pass(lm: LoadedModel):
-            pos_e, pos_t = self._shared_positions(lm, target_tok, align_texts)
-            contrast = extract(lm, texts, **kw)
+        def read(lm: LoadedModel, positions: list[list[int]]) -> _States:
+            """Contrast states at the read position + alignment states at shared positions."""
             align = extract(
                 lm,
                 align_texts,
-                position=pos_e,
+                position=positions,
                 batch_size=self.batch_size,
                 max_length=self.align_max_length,
                 progress=self.progress,
             )
-            return _States(contrast, align, ModelInfo.of(lm)), pos_t
+            return _States(extract(lm, texts, **kw), align, ModelInfo.of(lm))
+
+        def expert_pass(lm: LoadedModel):
+            pos_e, pos_t = self._shared_positions(lm, target_tok, align_texts)
+            return read(lm, pos_e), pos_t
 
         ex, pos_t = _with_model(self.expert, expert_pass)
         timings["expert_states"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-
-        def target_pass(lm: LoadedModel):
-            contrast = extract(lm, texts, **kw)
-            align = extract(
-                lm,
-                align_texts,
-                position=pos_t,
-                batch_size=self.batch_size,
-                max_length=self.align_max_length,
-                progress=self.progress,
-            )
-            return _States(contrast, align, ModelInfo.of(lm))
-
-        tg = _with_model(self.target, target_pass)
+        tg = _with_model(self.target, lambda lm: read(lm, pos_t))
         timings["target_states"] = time.perf_counter() - t0
 
         # Step 1: one map per expert layer, onto the target layer at the same relative depth.
