@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,22 @@ class SteeringPlan:
     @property
     def layers(self) -> list[int]:
         return list(self.vectors)
+
+    def select(self, layers: Sequence[int]) -> SteeringPlan:
+        """The same plan on a subset of its layers (pairs kept for those layers)."""
+        layers = [int(j) for j in layers]
+        unknown = set(layers) - set(self.vectors)
+        if unknown or not layers:
+            raise ValueError(
+                f"layers {sorted(unknown) or layers} are not among the plan's layers {self.layers}"
+            )
+        return replace(
+            self,
+            vectors={j: self.vectors[j] for j in layers},
+            alphas={j: self.alphas[j] for j in layers},
+            layer_norms={j: n for j, n in self.layer_norms.items() if j in layers},
+            pairs=[p for p in self.pairs if p[1] in layers],
+        )
 
     def steering_vectors(self, scale: float = 1.0) -> dict[int, Tensor]:
         """What is added to each block's output: ``scale * alpha_j * v_j``."""
