@@ -20,13 +20,7 @@ if [ "$models" != none ]; then
 fi
 if [ "${EXPERTSTEER_BIGBENCH:-1}" = 1 ]; then
   # BIG-bench 1.0.0 task files are read straight from its sdist (never installed, never committed).
-  dl="${EXPERTSTEER_CACHE:-$HOME/.cache/expertsteer}/downloads"
-  if [ ! -f "$dl/bigbench-1.0.0.tar.gz" ]; then
-    tmp=$(mktemp -d); mkdir -p "$dl"
-    # pip >= 24 saves the file, then complains about the sdist's direct-URL dependencies.
-    pip download -q --no-deps bigbench==1.0.0 -d "$tmp" 2>/dev/null || true
-    [ -f "$tmp/bigbench-1.0.0.tar.gz" ] || { echo "BIG-bench download failed" >&2; exit 1; }
-    mv "$tmp/bigbench-1.0.0.tar.gz" "$dl/" && rm -rf "$tmp"
-  fi
+  # Fetched from PyPI's index with a sha256 check: `pip download` refuses this sdist.
+  .venv/bin/python -c "import expertsteer.data as d; print(d.download_bigbench())" >/dev/null
 fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

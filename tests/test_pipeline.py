@@ -82,7 +82,8 @@ def test_fit_across_families_and_widths(models, aligner, pairing, estimator, rou
         "expert_states",
         "target_states",
         "align",
-        "mi_pairing",
+        "mi",
+        "pairing",
         "vectors",
     }
     plan.save_pretrained(tmp_path / "plan")
@@ -211,3 +212,25 @@ def test_real_cross_family_fit(tmp_path):
     # the target-aware map must transfer: held-out R² well above the paper AE's (< 0)
     r2 = [back.provenance["aligner_quality"][str(i)]["r2_val"] for i, _ in back.pairs]
     assert min(r2) > 0.2, r2
+
+
+def test_replan_reuses_states_and_matches_a_fresh_fit(models):
+    expert, target = models
+    data = synthetic()
+    kw = dict(n_pairs=2, align_texts=align_texts(), progress=False)
+    est = ExpertSteer(expert, target, **kw)
+    plan = est.fit(data)
+    again = est.replan(data)
+    for j in plan.layers:
+        assert torch.equal(plan.vectors[j], again.vectors[j])
+    lowest = est.replan(data, pairing="lowest")
+    fresh = ExpertSteer(expert, target, pairing="lowest", **kw)
+    ref = fresh.fit(data)
+    assert lowest.pairs == ref.pairs and lowest.config["pairing"] == "lowest"
+    for j in ref.layers:
+        assert torch.allclose(lowest.vectors[j], ref.vectors[j], atol=1e-6)
+    null = est.replan(data.shuffle_labels(seed=3))
+    assert null.pairs == plan.pairs  # MI ignores labels; only the vectors change
+    assert not torch.equal(null.vectors[plan.layers[0]], plan.vectors[plan.layers[0]])
+    with pytest.raises(ValueError, match="texts the estimator was fitted on"):
+        est.replan(data.subset(range(4)))

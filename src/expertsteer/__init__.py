@@ -18,6 +18,8 @@ _PUBLIC = {
     "wrap_model": "models",
     "extract": "extract",
     "load_data": "data",
+    "DomainGate": "gate",
+    "gated_generate": "gate",
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -53,6 +53,7 @@ import difflib
 import functools
 import importlib.metadata as md
 import json
+import os
 import random
 import re
 import shutil
@@ -68,7 +69,7 @@ from typing import Any, Literal
 
 import torch
 
-from .io import atomic_dir, cache_root
+from .io import atomic_dir, atomic_path, cache_root
 
 __all__ = [
     "DATA_SPECS_HELP",
@@ -77,9 +78,11 @@ __all__ = [
     "Dataset",
     "Example",
     "bigbench_task",
+    "check_dataset",
     "bigbench_tasks",
     "domainsteer_benchmark",
     "domainsteer_domains",
+    "download_bigbench",
     "generic_texts",
     "load_data",
 ]
@@ -227,9 +230,12 @@ class Dataset:
                 part.extend(i for unit in units[start : start + count] for i in unit)
                 start += count
         if not all(parts):
+            empty = [k for k, part in enumerate(parts) if not part]
+            unit = f"{len(self._strata()[0])} pairs" if self.kind == "pairs" else "examples"
             raise ValueError(
-                f"{len(self)} examples are too few to split into {len(fractions)} non-empty "
-                f"parts with fractions {fractions}"
+                f"{len(self)} examples ({unit}) are too few to split into {len(fractions)} "
+                f"non-empty parts with fractions {fractions} (part(s) {empty} would be empty); "
+                "use more data, fewer parts or larger fractions for the small parts"
             )
         return tuple(self.subset(sorted(p)) for p in parts)
 
@@ -326,26 +332,54 @@ def load_data(spec: str, *, limit: int | None = None, seed: int = 0) -> Dataset:
     return data if limit is None else data.limit(limit, seed=seed)
 
 
+def check_dataset(data: Dataset) -> None:
+    """Refuse data no plan can be fitted on: empty or repeated texts, one class, too few.
+
+    :func:`load_data` guarantees all this; fitting calls it again (before any model is loaded)
+    for a :class:`Dataset` built by hand.
+    """
+    empty = [i for i, t in enumerate(data.texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        raise DataSpecError(
+            f"{data.spec}: examples {empty[:10]} have empty texts; remove them or fill them in"
+        )
+    first: dict[str, int] = {}
+    for i, t in enumerate(data.texts):
+        if t in first:
+            raise DataSpecError(
+                f"{data.spec}: example {i} repeats the text of example {first[t]} ({t[:60]!r}); "
+                "remove duplicates (a repeated text counts twice and can land on both sides of "
+                "a split)"
+            )
+        first[t] = i
+    _check_classes(data)
+
+
 def _check_classes(data: Dataset) -> None:
     if not data.examples:
-        raise DataSpecError(f"{data.spec}: no usable examples")
+        raise DataSpecError(
+            f"{data.spec}: no usable examples; at least {MIN_PER_CLASS} per class are needed"
+        )
     n_pos = sum(e.label for e in data.examples)
     n_neg = len(data) - n_pos
     if data.kind == "pairs":
         if n_pos < MIN_PER_CLASS:
             raise DataSpecError(
-                f"{data.spec}: {n_pos} contrast pairs; at least {MIN_PER_CLASS} are needed"
+                f"{data.spec}: {n_pos} contrast pairs; at least {MIN_PER_CLASS} are needed, "
+                "add more pairs"
             )
         return
     if not n_pos or not n_neg:
-        only = "positive (1)" if n_pos else "negative (0)"
+        names = ["negative (0)", "positive (1)"]
+        only, other = (names[1], names[0]) if n_pos else (names[0], names[1])
         raise DataSpecError(
-            f"{data.spec}: every example is {only}; a steering direction needs both classes"
+            f"{data.spec}: every example is {only}; a steering direction needs both classes, "
+            f"add at least {MIN_PER_CLASS} {other} examples"
         )
     if min(n_pos, n_neg) < MIN_PER_CLASS:
         raise DataSpecError(
             f"{data.spec}: {n_pos} positive and {n_neg} negative examples; at least "
-            f"{MIN_PER_CLASS} of each class are needed"
+            f"{MIN_PER_CLASS} of each class are needed, add more examples"
         )
 
 
@@ -501,7 +535,10 @@ def _package_path(dist_name: str, relpath: str, pip: str) -> Path:
     try:
         dist = md.distribution(dist_name)
     except md.PackageNotFoundError:
-        raise DataSpecError(f"this data needs the {dist_name!r} package: {pip}") from None
+        raise DataSpecError(
+            f"this data needs the {dist_name!r} package: {pip} (or every data package: "
+            "pip install 'expertsteer[data]')"
+        ) from None
     path = Path(str(dist.locate_file(relpath)))
     if not path.exists():
         raise DataSpecError(
@@ -628,11 +665,39 @@ def _bigbench_root() -> Path:
 
 
 def _bigbench_download() -> str:
-    return (
-        f"pip download --no-deps bigbench==1.0.0 -d {cache_root() / 'downloads'} "
-        "(newer pip reports an error about direct URL dependencies after saving the file; the "
-        "file is still saved)"
+    return 'python -c "import expertsteer.data as d; d.download_bigbench()"'
+
+
+def download_bigbench(dest: str | Path | None = None) -> Path:
+    """Fetch ``bigbench-1.0.0.tar.gz`` (358 MB) from PyPI into ``<cache>/downloads``, verified
+    against the index's sha256. ``pip download`` cannot do it: newer pip refuses the sdist's
+    direct-URL dependencies before saving it."""
+    import hashlib
+    import urllib.request
+
+    dest = Path(dest) if dest is not None else cache_root() / "downloads"
+    out = dest / f"{BIGBENCH}.tar.gz"
+    if out.is_file():
+        return out
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(
+        f"{index}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        files = json.load(r)["files"]
+    entry = next((f for f in files if f["filename"] == out.name), None)
+    if entry is None:
+        raise DataSpecError(f"{index} lists no {out.name}")
+    digest = hashlib.sha256()
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, urllib.request.urlopen(entry["url"], timeout=120) as r:
+        with open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != entry["hashes"]["sha256"]:
+            raise DataSpecError(f"{out.name} from {entry['url']} failed its sha256 check; retry")
+    return out
 
 
 def _extract_task_files(tarball: Path, dest: Path) -> None:

@@ -7,6 +7,7 @@ larger model; hidden states come from the on-disk cache when present.
 from __future__ import annotations
 
 import gc
+import operator
 import random
 import time
 from collections.abc import Sequence
@@ -18,12 +19,12 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .align import make_aligner
-from .data import Dataset, generic_texts
+from .data import Dataset, check_dataset, generic_texts
 from .estimators import auc, make_estimator
 from .extract import encode, extract
 from .mi import mi_matrix
 from .models import LoadedModel, load_model, load_tokenizer
-from .pairing import select_pairs
+from .pairing import STRATEGIES, depth_pairs, select_pairs
 from .plan import ModelInfo, SteeringPlan
 from .tokens import shared_token_ends
 from .types import LayerPair, Tensor
@@ -124,10 +125,19 @@ class ExpertSteer:
         return out
 
     def _check(self, data: Dataset) -> None:
+        """Everything that can be checked before a model is loaded (minutes saved on a typo)."""
+        check_dataset(data)
         make_aligner(self.aligner)
         make_estimator(self.estimator)
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, not {self.route!r}")
+        if self.pairing not in STRATEGIES:
+            raise ValueError(f"pairing must be one of {STRATEGIES}, not {self.pairing!r}")
+        if (self.pairing == "given") != (self.given_pairs is not None):
+            raise ValueError(
+                "pairing='given' and given_pairs go together: pass both, e.g. "
+                "pairing='given', given_pairs=[(8, 10), (12, 16)], or neither"
+            )
         overlap = set(data.texts) & set(self._align_texts())
         if overlap:
             raise ValueError(
@@ -160,11 +170,18 @@ class ExpertSteer:
         return pos_e, pos_t
 
     def fit(self, data: Dataset) -> SteeringPlan:
-        """Run steps 1-3 on ``data`` (labelled prompts or contrast pairs) and return the plan."""
+        """Run steps 1-3 on ``data`` (labelled prompts or contrast pairs) and return the plan.
+
+        The fitted states stay on the estimator (``encoded_``, ``target_states_``, ``mi_``,
+        ...), so :meth:`replan` can redo steps 2-3 cheaply (other pairing, shuffled labels).
+        """
         self._check(data)
+        self._fit_states(data)
+        return self.replan(data)
+
+    def _fit_states(self, data: Dataset) -> None:
         timings: dict[str, float] = {}
-        texts, y = list(data.texts), data.labels
-        groups = data.groups
+        texts = list(data.texts)
         align_texts = self._align_texts()
         kw = dict(
             position=self.position,
@@ -193,6 +210,7 @@ class ExpertSteer:
             return _States(extract(lm, texts, **kw), align, ModelInfo.of(lm))
 
         def expert_pass(lm: LoadedModel):
+            _check_given(self.given_pairs, 0, lm, "expert")
             pos_e, pos_t = self._shared_positions(lm, target_tok, align_texts)
             return read(lm, pos_e), pos_t
 
@@ -200,7 +218,12 @@ class ExpertSteer:
         timings["expert_states"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        tg = _with_model(self.target, lambda lm: read(lm, pos_t))
+
+        def target_pass(lm: LoadedModel) -> _States:
+            _check_given(self.given_pairs, 1, lm, "target")
+            return read(lm, pos_t)
+
+        tg = _with_model(self.target, target_pass)
         timings["target_states"] = time.perf_counter() - t0
 
         # Step 1: one map per expert layer, onto the target layer at the same relative depth.
@@ -217,29 +240,63 @@ class ExpertSteer:
             quality[str(i)] = {"target_layer": j, **{k: float(v) for k, v in a.quality_.items()}}
         timings["align"] = time.perf_counter() - t0
 
-        # Step 2: MI between every encoded expert layer and every target layer.
-        t0 = time.perf_counter()
-        encoded = [aligners[i].transform(ex.contrast[i]) for i in range(L_E)]
-        n_comp = min(self.mi_components, len(texts) - 2)
-        mi = None
-        if self.pairing != "given" or self.given_pairs is None:
-            mi = mi_matrix(
-                encoded,
-                list(tg.contrast),
+        self.texts_ = texts
+        self.expert_info_, self.target_info_ = ex.info, tg.info
+        self.expert_states_, self.target_states_ = ex.contrast, tg.contrast
+        self.aligners_, self.quality_ = aligners, quality
+        self.encoded_ = [aligners[i].transform(ex.contrast[i]) for i in range(L_E)]
+        self.n_align_texts_, self.n_align_positions_ = len(align_texts), int(ex.align.shape[1])
+        self.mi_: Tensor | None = None
+        self.timings_ = timings
+
+    def _mi(self) -> Tensor:
+        """Step 2's matrix: MI between every encoded expert layer and every target layer."""
+        if self.mi_ is None:
+            t0 = time.perf_counter()
+            self.mi_ = mi_matrix(
+                self.encoded_,
+                list(self.target_states_),
                 estimator=self.mi_estimator,
-                n_components=n_comp,
+                n_components=min(self.mi_components, len(self.texts_) - 2),
                 progress=self.progress,
             )
+            self.timings_["mi"] = time.perf_counter() - t0
+        return self.mi_
+
+    def replan(
+        self,
+        data: Dataset,
+        *,
+        pairing: str | None = None,
+        n_pairs: int | None = None,
+        given_pairs: Sequence[LayerPair] | None = None,
+    ) -> SteeringPlan:
+        """Steps 2-3 again on the fitted states: ``data`` must hold the fitted texts in the
+        same order (its labels may differ: the shuffled-label null); pairing options override
+        the estimator's own for this plan only."""
+        if not hasattr(self, "texts_"):
+            raise RuntimeError("call fit() before replan()")
+        if list(data.texts) != self.texts_:
+            raise ValueError("replan needs the texts the estimator was fitted on, in that order")
+        pairing = self.pairing if pairing is None else pairing
+        n_pairs = self.n_pairs if n_pairs is None else n_pairs
+        given_pairs = self.given_pairs if given_pairs is None else given_pairs
+        y, groups = data.labels, data.groups
+        L_E, L_T = len(self.encoded_), self.target_states_.shape[0]
+        mi = None if pairing == "given" and given_pairs is not None else self._mi()
+        timings = dict(self.timings_)
+
+        t0 = time.perf_counter()
         pairs = select_pairs(
             mi,
-            strategy=self.pairing,
-            n_pairs=self.n_pairs,
+            strategy=pairing,
+            n_pairs=n_pairs,
             n_expert_layers=L_E,
             n_target_layers=L_T,
             exclude_outer=self.exclude_outer,
-            given=self.given_pairs,
+            given=given_pairs,
         )
-        timings["mi_pairing"] = time.perf_counter() - t0
+        timings["pairing"] = time.perf_counter() - t0
 
         # Step 3: a direction per pair, from the expert's states only.
         t0 = time.perf_counter()
@@ -249,47 +306,70 @@ class ExpertSteer:
                 self.estimator, **({"seed": self.seed} if self.estimator != "mean-diff" else {})
             )
             if self.route == "encoded":
-                v = est.fit(encoded[i], y, groups).direction_
+                v = est.fit(self.encoded_[i], y, groups).direction_
             else:
-                v = aligners[i].map_direction(est.fit(ex.contrast[i], y, groups).direction_)
+                direction = est.fit(self.expert_states_[i], y, groups).direction_
+                v = self.aligners_[i].map_direction(direction)
             vectors[j] = v.float()
-            own = make_estimator("mean-diff").fit(tg.contrast[j], y, groups).direction_
+            tg_j = self.target_states_[j]
+            own = make_estimator("mean-diff").fit(tg_j, y, groups).direction_
             stats[str(j)] = {
                 "expert_layer": i,
                 **{f"expert_{k}": float(val) for k, val in est.stats_.items()},
                 # Diagnostics on the target's own states (never used to fit the vector):
-                "target_auc": auc(tg.contrast[j] @ v, y),
+                "target_auc": auc(tg_j @ v, y),
                 "cos_target_mean_diff": float(torch.dot(v, own)),
             }
         timings["vectors"] = time.perf_counter() - t0
-        alphas, norms = _alpha_defaults(tg.contrast, list(vectors), self.alpha_scale)
+        alphas, norms = _alpha_defaults(self.target_states_, list(vectors), self.alpha_scale)
+        config = {**self._params(), "pairing": pairing, "n_pairs": n_pairs}
+        config["given_pairs"] = [list(p) for p in given_pairs] if given_pairs else None
         return SteeringPlan(
             vectors=vectors,
             alphas=alphas,
-            target=tg.info,
+            target=self.target_info_,
             method="expertsteer",
-            expert=ex.info,
+            expert=self.expert_info_,
             pairs=pairs,
             layer_norms=norms,
             mi_matrix=mi,
-            config=self._params(),
+            config=config,
             provenance={
                 "data": data.spec,
-                "n_examples": len(texts),
+                "n_examples": len(self.texts_),
                 "data_kind": data.kind,
                 "align_data": (
                     "user texts"
                     if self.align_texts is not None
                     else "generic (library text set, disjoint from the data)"
                 ),
-                "n_align_texts": len(align_texts),
-                "n_align_positions": int(ex.align.shape[1]),
+                "n_align_texts": self.n_align_texts_,
+                "n_align_positions": self.n_align_positions_,
                 "route": self.route,
-                "aligner_quality": quality,
+                "aligner_quality": self.quality_,
                 "vector_stats": stats,
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
                 "library_version": __version__,
             },
+        )
+
+
+def _check_given(pairs: Sequence[LayerPair] | None, side: int, lm: LoadedModel, role: str):
+    """Out-of-range given layers, found as soon as the model is loaded (not after extraction)."""
+    if pairs is None:
+        return
+    bad = []
+    for pair in pairs:
+        try:
+            layer = operator.index(pair[side])
+        except (TypeError, IndexError):
+            continue  # malformed: select_pairs says so
+        if not 0 <= layer < lm.n_layers:
+            bad.append(tuple(pair))
+    if bad:
+        raise ValueError(
+            f"given pairs {bad}: {role} layer out of range; {lm.name} has {lm.n_layers} layers "
+            f"(0..{lm.n_layers - 1})"
         )
 
 
@@ -311,28 +391,33 @@ def fit_target_only(
     """The baselines: a plan from the target's own states (CAA, RepE-PCA, ITI probe, self-RFM)."""
     if method not in TARGET_METHODS:
         raise ValueError(f"method must be one of {TARGET_METHODS}, not {method!r}")
+    check_dataset(data)
     t0 = time.perf_counter()
 
     def run(lm: LoadedModel):
-        return extract(
+        # The layers are settled before the forward passes: a bad choice costs no extraction.
+        n = lm.n_layers
+        chosen = (
+            [j for _, j in depth_pairs(n, n, n_layers, exclude_outer=exclude_outer)]
+            if layers is None
+            else list(layers)
+        )
+        bad = [j for j in chosen if not 0 <= j < n]
+        if bad:
+            raise ValueError(
+                f"layers {bad} are out of range: {lm.name} has {n} layers (0..{n - 1})"
+            )
+        states = extract(
             lm,
             list(data.texts),
             position=position,
             chat_template=chat_template,
             batch_size=batch_size,
             progress=progress,
-        ), ModelInfo.of(lm)
+        )
+        return states, ModelInfo.of(lm), chosen
 
-    states, info = _with_model(target, run)
-    if layers is None:
-        from .pairing import depth_pairs
-
-        layers = [
-            j
-            for _, j in depth_pairs(
-                info.n_layers, info.n_layers, n_layers, exclude_outer=exclude_outer
-            )
-        ]
+    states, info, layers = _with_model(target, run)
     name = "rfm" if method == "self-rfm" else method
     vectors, stats = {}, {}
     for j in layers:
