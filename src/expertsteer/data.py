@@ -231,9 +231,9 @@ class Dataset:
                 start += count
         if not all(parts):
             empty = [k for k, part in enumerate(parts) if not part]
-            unit = f"{len(self._strata()[0])} pairs" if self.kind == "pairs" else "examples"
+            pairs = f" ({len(self._strata()[0])} pairs)" if self.kind == "pairs" else ""
             raise ValueError(
-                f"{len(self)} examples ({unit}) are too few to split into {len(fractions)} "
+                f"{len(self)} examples{pairs} are too few to split into {len(fractions)} "
                 f"non-empty parts with fractions {fractions} (part(s) {empty} would be empty); "
                 "use more data, fewer parts or larger fractions for the small parts"
             )

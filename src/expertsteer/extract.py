@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .models import LoadedModel
 from .types import ReadPosition, Tensor
 
 EXTRACT_VERSION = "1"
+log = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
@@ -183,9 +186,14 @@ def extract(
         path = folder / f"{key}.safetensors"
         if path.exists():
             try:
-                return load_tensors(path)[0]["states"]
-            except CorruptFileError:
-                path.unlink(missing_ok=True)  # recompute rather than trust it
+                states = load_tensors(path)[0]["states"]
+                log.info("cache hit: %s states of %d texts from %s", lm.name, len(prepared), path)
+                return states
+            except (CorruptFileError, KeyError) as exc:
+                # A damaged entry (a crash mid-copy, a full disk, bit rot) is never trusted.
+                what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
+                warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=2)
+                path.unlink(missing_ok=True)
 
     encoded = encode(lm, texts, chat_template=chat_template, max_length=max_length)
     ids = [e["input_ids"] for e in encoded]
@@ -224,6 +232,7 @@ def extract(
         if _accepts(lm.base, "use_cache"):
             batch["use_cache"] = False
         states = _forward_states(lm, batch, wanted)
+        read: list[list[Tensor]] = []
         for r, i in enumerate(rows):
             n, off = len(ids[i]), offsets[r]
             if position == "last":
@@ -236,6 +245,11 @@ def extract(
                     [p % n + off for p in position[i]], dtype=torch.long, device=states[0].device
                 )
                 sel = [s[r].index_select(0, idx) for s in states]
+            read.append(sel)
+        # Only the states read are checked (padding may hold NaN harmlessly), once per batch:
+        # fail at the first bad batch, not after all of them.
+        _check_finite(lm, read, wanted)
+        for i, sel in zip(rows, read):
             results[i] = [t.float().cpu() for t in sel]
         bar.update(len(rows))
     bar.close()
@@ -248,10 +262,30 @@ def extract(
         out = torch.stack(
             [torch.cat([results[i][k] for i in range(len(ids))]) for k in range(len(wanted))]
         )
-    if not torch.isfinite(out).all():
-        raise FloatingPointError(
-            f"{lm.name} produced NaN/inf hidden states; load it in float32 (dtype=torch.float32)"
-        )
     if path is not None:
         save_tensors(path, {"states": out}, {"model": lm.name, "layers": json.dumps(wanted)})
+        log.info("cached %s states of %d texts in %s", lm.name, len(prepared), path)
     return out
+
+
+def _check_finite(lm: LoadedModel, read: list[list[Tensor]], layers: list[int]) -> None:
+    """Refuse NaN/inf states (typically float16 overflow) before they poison every later step."""
+    per_layer = [torch.cat([sel[k].reshape(-1) for sel in read]) for k in range(len(layers))]
+    finite = torch.stack([torch.isfinite(t).all() for t in per_layer])
+    if bool(finite.all()):  # one device sync per batch
+        return
+    k = int((~finite).nonzero()[0])
+    dtype = per_layer[k].dtype
+    if dtype == torch.float16:
+        advice = (
+            "float16 overflows in many models: load it with dtype=torch.float32 or "
+            "torch.bfloat16 (expertsteer's default is float32)"
+        )
+    elif dtype in (torch.float32, torch.float64):
+        advice = "its weights may be damaged: re-download or re-convert the checkpoint"
+    else:
+        advice = "load it with dtype=torch.float32 (expertsteer's default)"
+    raise FloatingPointError(
+        f"{lm.name} produced NaN/inf hidden states (first at layer {layers[k]}, dtype "
+        f"{str(dtype).removeprefix('torch.')}); {advice}"
+    )

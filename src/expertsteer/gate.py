@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from .estimators import MIN_PER_CLASS, _holdout_split, auc
 from .extract import extract
-from .io import atomic_dir, load_tensors, save_tensors
+from .io import CorruptFileError, atomic_dir, load_tensors, save_tensors
 from .models import LoadedModel
 from .steer import generate
 from .types import Tensor
@@ -269,7 +269,14 @@ class DomainGate:
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: is {directory} a saved DomainGate?")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(
+                f"{meta_path} is not valid JSON ({exc}); save the gate again"
+            ) from exc
+        if not isinstance(meta, dict):
+            raise CorruptFileError(f"{meta_path} holds a JSON {type(meta).__name__}, not a gate")
         if meta.get("format") != GATE_FORMAT:
             raise ValueError(
                 f"{meta_path} has gate format {meta.get('format')!r}; this version reads "

@@ -45,7 +45,9 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first parameter's device (not ``meta``: offloaded weights)."""
+        devices = (p.device for p in self.model.parameters() if p.device.type != "meta")
+        return next(devices, torch.device("cpu"))
 
     @property
     def base(self) -> nn.Module:
@@ -65,11 +67,26 @@ def fingerprint(model: nn.Module) -> str:
             and k not in {"transformers_version", "dtype", "torch_dtype", "architectures"}
         }
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    params = list(model.parameters())
-    for p in (params[0], params[len(params) // 2], params[-1]):
-        sample = p.detach().reshape(-1)[:256].to("cpu", torch.float32)
+    params = list(model.named_parameters())
+    for name, p in (params[0], params[len(params) // 2], params[-1]):
+        sample = _stored(model, name, p).detach().reshape(-1)[:256].to("cpu", torch.float32)
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _stored(model: nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
+    """A parameter's values; accelerate's offloaded ones (meta on the module) from their store."""
+    if p.device.type != "meta":
+        return p
+    owner, _, local = name.rpartition(".")
+    store = getattr(getattr(model.get_submodule(owner), "_hf_hook", None), "weights_map", None)
+    try:
+        return store[local]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"parameter {name} is on the meta device and has no offloaded copy (accelerate's "
+            "weights_map): load the model with its weights, or a device_map that offloads them"
+        ) from None
 
 
 def _resolve(name_or_path: str | Path, gguf_file: str | None) -> tuple[str, str | None]:

@@ -44,6 +44,19 @@ class ModelInfo:
     def of(cls, lm: Any) -> ModelInfo:
         return cls(lm.name, lm.fingerprint, lm.n_layers, lm.hidden_size)
 
+    @classmethod
+    def from_dict(cls, value: Any) -> ModelInfo:
+        """From saved JSON, strictly: a damaged or hand-edited entry fails here, not later."""
+        d = _dict(value)
+        if set(d) != {"name", "fingerprint", "n_layers", "hidden_size"}:
+            raise KeyError(
+                f"model fields {sorted(d)}; expected fingerprint, hidden_size, n_layers, name"
+            )
+        n_layers, hidden = _int(d["n_layers"]), _int(d["hidden_size"])
+        if n_layers < 1 or hidden < 1:
+            raise ValueError(f"n_layers {n_layers} and hidden_size {hidden} must be positive")
+        return cls(_str(d["name"]), _str(d["fingerprint"]), n_layers, hidden)
+
 
 @dataclass
 class SteeringPlan:
@@ -130,7 +143,11 @@ class SteeringPlan:
             other.target.fingerprint,
             other.target.hidden_size,
         ):
-            raise PlanMismatchError("cannot add plans fitted for different target models")
+            raise PlanMismatchError(
+                f"cannot add plans fitted for different target models ({self.target.name} "
+                f"{self.target.fingerprint} vs {other.target.name} {other.target.fingerprint}); "
+                "combine plans fitted for the same target"
+            )
         added = self.steering_vectors()
         for j, v in other.steering_vectors().items():
             added[j] = added[j] + v if j in added else v
@@ -158,7 +175,8 @@ class SteeringPlan:
             raise PlanMismatchError(
                 f"plan was fitted for {self.target.name} ({self.target.n_layers} layers, "
                 f"hidden {self.target.hidden_size}); {lm.name} has {lm.n_layers} layers, "
-                f"hidden {lm.hidden_size}"
+                f"hidden {lm.hidden_size}. Use the plan with {self.target.name}, or fit a plan "
+                f"for {lm.name} (expertsteer fit --target ...)"
             )
         if strict and lm.fingerprint != self.target.fingerprint:
             raise PlanMismatchError(
@@ -222,37 +240,81 @@ class SteeringPlan:
             if not p.is_file():
                 raise FileNotFoundError(f"{p} is missing: {directory} is not a saved SteeringPlan")
         try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptFileError(f"{cfg_path} is not valid JSON ({exc})") from exc
+        if not isinstance(cfg, dict):
+            raise CorruptFileError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not a plan")
         if cfg.get("format_version") != FORMAT_VERSION:
             raise CorruptFileError(
                 f"{cfg_path} has format_version {cfg.get('format_version')}; "
                 f"this library reads {FORMAT_VERSION}"
             )
-        tensors, meta = load_tensors(t_path)
+        try:
+            tensors, meta = load_tensors(t_path)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{exc}; save or fit the plan again") from exc
         if meta.get("sha256") != cfg.get("tensors_sha256"):
             raise CorruptFileError(
                 f"{t_path} does not match {cfg_path} (checksums differ): "
-                "the folder was partly overwritten"
+                "the folder was partly overwritten; save or fit the plan again"
             )
         try:
             return cls(
                 vectors={
                     int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")
                 },
-                alphas={int(j): a for j, a in cfg["alphas"].items()},
-                target=ModelInfo(**cfg["target"]),
-                method=cfg["method"],
-                expert=ModelInfo(**cfg["expert"]) if cfg.get("expert") else None,
-                pairs=[tuple(p) for p in cfg.get("pairs", [])],
-                layer_norms={int(j): n for j, n in cfg.get("layer_norms", {}).items()},
+                alphas={int(j): _number(a) for j, a in _dict(cfg["alphas"]).items()},
+                target=ModelInfo.from_dict(cfg["target"]),
+                method=_str(cfg["method"]),
+                expert=ModelInfo.from_dict(cfg["expert"]) if cfg.get("expert") else None,
+                pairs=[_pair(p) for p in cfg.get("pairs") or []],
+                layer_norms={
+                    int(j): _number(n) for j, n in _dict(cfg.get("layer_norms") or {}).items()
+                },
                 mi_matrix=tensors.get("mi_matrix"),
-                config=cfg.get("config", {}),
-                provenance=cfg.get("provenance", {}),
+                config=_dict(cfg.get("config") or {}),
+                provenance=_dict(cfg.get("provenance") or {}),
             )
-        except (KeyError, TypeError) as exc:
-            raise CorruptFileError(f"{cfg_path} lacks a field a plan needs ({exc})") from exc
+        except Exception as exc:  # any malformed field: missing, wrong type, out of range
+            raise CorruptFileError(
+                f"{cfg_path} does not describe a valid plan ({type(exc).__name__}: {exc}); "
+                "re-save it with save_pretrained or refit it"
+            ) from exc
+
+
+# Strict field readers for from_pretrained: a hand-edited or damaged file fails loudly here,
+# not later inside a forward hook.
+
+
+def _dict(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _pair(value: Any) -> LayerPair:
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"a layer pair is [expert_layer, target_layer], got {value!r}")
+    return _int(value[0]), _int(value[1])
 
 
 def _download(repo_id: str) -> Path:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import operator
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .extract import encode, prepare_texts
 from .models import LoadedModel
@@ -27,6 +30,14 @@ from .types import Tensor
 Scope = str | tuple[str, int] | Sequence[Sequence[int]]
 PlanArg = SteeringPlan | Sequence[SteeringPlan | None] | None
 Alpha = float | Sequence[float] | Tensor
+
+# Adding more than this multiple of a layer's mean hidden-state norm swamps the model's own
+# signal (the default α is 0.15×): such settings are almost always a mistake.
+ALPHA_WARN_RATIO = 4.0
+
+
+class SteeringStrengthWarning(UserWarning):
+    """The steering added to a layer is far larger than the layer's own hidden states."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +55,15 @@ class TokenScope:
         if isinstance(scope, str):
             if scope in ("all", "prompt", "generated"):
                 return cls(scope)
-            if scope.startswith("last:") and scope[5:].strip().isdigit():
+            if scope.startswith("last:") and scope[5:].strip().isdecimal():
                 return cls._last(int(scope[5:]))
         elif isinstance(scope, tuple) and len(scope) == 2 and scope[0] == "last":
-            return cls._last(int(scope[1]))
+            return cls._last(_scope_int(scope[1], scope))
         elif isinstance(scope, Sequence) and all(
             isinstance(p, Sequence) and not isinstance(p, str) for p in scope
         ):
-            return cls("positions", positions=tuple(tuple(int(i) for i in p) for p in scope))
+            rows = tuple(tuple(_scope_int(i, scope) for i in p) for p in scope)
+            return cls("positions", positions=rows)
         raise ValueError(
             f"scope must be 'all', 'prompt', 'generated', 'last:K', ('last', K) or a list of "
             f"per-row prompt position lists, not {scope!r}"
@@ -70,14 +82,36 @@ class TokenScope:
         return TokenScope("positions", positions=tuple(self.positions[i] for i in rows))
 
 
-def _block_key(block: nn.Module, fallback: torch.device) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype a block computes in (accelerate's execution device when offloaded)."""
-    hook = getattr(block, "_hf_hook", None)
-    device = getattr(hook, "execution_device", None)
-    for p in block.parameters():
-        if p.is_floating_point():
-            return torch.device(device if device is not None else p.device), p.dtype
-    return torch.device(device if device is not None else fallback), torch.float32
+def _scope_int(value: Any, scope: Any) -> int:
+    try:
+        return operator.index(value)  # ints only: 2.7 is not silently read as token 2
+    except TypeError:
+        raise ValueError(
+            f"scope {scope!r}: {value!r} is not an integer token count/position"
+        ) from None
+
+
+def _execution_device(module: nn.Module) -> Any:
+    return getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+
+
+def _block_key(
+    block: nn.Module, fallback: torch.device, outer: Sequence[nn.Module] = ()
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a block computes in (accelerate's execution device when offloaded).
+
+    accelerate hooks the block itself (device_map), its leaf modules (disk offload) or only an
+    ancestor (``cpu_offload``: every weight on ``meta``); ``outer`` are the block's ancestors,
+    consulted last, when the block holds no real weight to tell.
+    """
+    floats = [p for p in block.parameters() if p.is_floating_point()]
+    dtype = floats[0].dtype if floats else torch.float32
+    device = next((d for m in block.modules() if (d := _execution_device(m)) is not None), None)
+    if device is None:
+        device = next((p.device for p in floats if p.device.type != "meta"), None)
+    if device is None:
+        device = next((d for m in reversed(outer) if (d := _execution_device(m)) is not None), None)
+    return torch.device(device if device is not None else fallback), dtype
 
 
 def _path_modules(lm: LoadedModel) -> list[nn.Module]:
@@ -116,9 +150,9 @@ class SteeringHandle:
         self._seen: tuple[int, int, int] | None = None  # (B, T, past) of the last call read
         self._seen_mask: Tensor | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        fallback = lm.device
+        fallback, outer = lm.device, _path_modules(lm)
         for j, delta in deltas.items():
-            key = _block_key(lm.layers.blocks[j], fallback)
+            key = _block_key(lm.layers.blocks[j], fallback, outer)
             self._keys[j] = key
             # Moved once here: blocks may sit on different devices under a device_map.
             self.deltas[j] = delta.reshape(n_rows, 1, -1).to(device=key[0], dtype=key[1])
@@ -169,7 +203,8 @@ class SteeringHandle:
                         "(static/compiled caches pass 4D masks: use the default dynamic cache)"
                     )
                 return
-            cache = given.get("past_key_values")
+            # transformers >= 5.2x passes the KV cache as ``cache``; older ones ``past_key_values``
+            cache = given.get("past_key_values", given.get("cache"))
             past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
             key = (x.shape[0], x.shape[1], past)
             if key != self._seen or mask is not self._seen_mask:
@@ -382,7 +417,28 @@ def attach(
     if not terms:
         raise ValueError("rows holds no plan: every row is None")
     deltas = combine(terms, layer_alphas)
+    _warn_if_too_strong(deltas, [p for p, _ in terms])
     return SteeringHandle(lm, deltas, n_rows, token_scope)
+
+
+def _warn_if_too_strong(deltas: Mapping[int, Tensor], plans: Sequence[SteeringPlan]) -> None:
+    """Warn when an addition exceeds ALPHA_WARN_RATIO × the layer's recorded mean norm."""
+    loud = []
+    for j, delta in deltas.items():
+        norms = [p.layer_norms[j] for p in plans if p.layer_norms.get(j, 0) > 0]
+        if norms:
+            added, ref = float(delta.norm(dim=-1).max()), max(norms)
+            if added > ALPHA_WARN_RATIO * ref:
+                loud.append(f"layer {j}: {added:.3g} vs mean norm {ref:.3g} ({added / ref:.0f}x)")
+    if loud:
+        warnings.warn(
+            SteeringStrengthWarning(
+                f"steering adds more than {ALPHA_WARN_RATIO:g}x the hidden states' own size "
+                f"({'; '.join(loud)}); the model's signal is swamped and outputs degrade to "
+                "noise. Lower alpha (or layer_alphas); the plan's default is alpha=1"
+            ),
+            stacklevel=3,
+        )
 
 
 # --- convenience: generation and scoring ---------------------------------------------------
@@ -515,6 +571,11 @@ def generate(
     return out
 
 
+def _keeps_logits(lm: LoadedModel) -> bool:
+    """Whether the model's forward can skip the vocabulary projection of unneeded positions."""
+    return "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+
+
 def _split_point(offsets: Sequence[tuple[int, int]], boundary: int) -> int:
     """Index of the first token holding a character at or after ``boundary``."""
     for t, (_, end) in enumerate(offsets):
@@ -537,6 +598,7 @@ def sequence_logprobs(
     batch_size: int = 8,
     reduce: Literal["sum", "mean", "none"] = "sum",
     strict: bool = True,
+    progress: bool | str = False,
 ) -> Tensor:
     """log p(continuation | prompt) of each pair, over the continuation's tokens only.
 
@@ -544,7 +606,7 @@ def sequence_logprobs(
     continuation is every token from the first one holding one of its characters (a token
     straddling the boundary counts as continuation). The prompt, for ``scope``, is the tokens
     before it. ``reduce``: ``sum`` / ``mean`` → ``[N]``; ``none`` → ``[N, max_len]`` padded
-    with NaN.
+    with NaN. ``progress``: a bar over batches (a string names it).
     """
     _check_causal(lm)
     if reduce not in ("sum", "mean", "none"):
@@ -565,16 +627,23 @@ def sequence_logprobs(
         splits.append(k)
     request = _Request.of(len(ids), plan, alpha, scope, layer_alphas, strict)
     per_token: list[Tensor] = [torch.empty(0)] * len(ids)
-    for idx in _batches([len(s) for s in ids], batch_size):
+    batches = _batches([len(s) for s in ids], batch_size)
+    desc = progress if isinstance(progress, str) else "scoring"
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         input_ids, mask = _pad([ids[i] for i in idx], _pad_id(lm), "right", lm.device)
         handle = request.handle(lm, idx)
         with handle or contextlib.nullcontext():
             if handle is not None:
                 handle.set_prompt_lengths([splits[i] for i in idx])
-            logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            # Only the continuation's positions need the vocabulary projection.
+            start = min(splits[i] for i in idx) - 1
+            kw = {"logits_to_keep": input_ids.shape[1] - start} if _keeps_logits(lm) else {}
+            logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False, **kw)
+            logits = logits.logits
+            offset = input_ids.shape[1] - logits.shape[1]
         for r, i in enumerate(idx):
             k, n = splits[i], len(ids[i])
-            logp = torch.log_softmax(logits[r, k - 1 : n - 1].float(), dim=-1)
+            logp = torch.log_softmax(logits[r, k - 1 - offset : n - 1 - offset].float(), dim=-1)
             per_token[i] = logp.gather(1, input_ids[r, k:n, None])[:, 0].cpu()
     if reduce == "sum":
         return torch.stack([t.sum() for t in per_token])

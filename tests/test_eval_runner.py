@@ -1,0 +1,151 @@
+import json
+import random
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from expertsteer.cli import app
+from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
+from expertsteer.eval.scoring import mc_correct, option_logprobs
+from tiny import tiny_model
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+
+
+def write_task(path, n=48, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for k in range(n):
+            a, b = rng.sample(WORDS, 2)
+            rec = {"prompt": f"Q{k}: {a} or {b}?", "choices": [a, b], "answer": k % 2}
+            f.write(json.dumps(rec) + "\n")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
+
+
+FAST = dict(n_nulls=2, align_texts=40, alphas=(0.0, 1.0, 4.0), layer_counts=(1, 2), n_pairs=2)
+
+
+def test_end_to_end_on_tiny_models(tmp_path):
+    expert = tiny_model("qwen2", seed=1, d=48, n_layers=5)
+    target = tiny_model("llama", seed=2, n_layers=4)
+    spec = write_task(tmp_path / "task.jsonl")
+    config = EvalConfig(
+        task=spec,
+        target=target,
+        expert=expert,
+        methods="none,prompt,expert,mean-diff,expertsteer:ridge",
+        **FAST,
+    )
+    report = run_eval(config, progress=False)
+    assert report["n"] == {"train": 24, "val": 10, "test": 14}
+    names = [m["name"] for m in report["methods"]]
+    assert names == [
+        "none",
+        "prompt",
+        "expert",
+        "mean-diff",
+        "expertsteer:ridge:depth",
+        "expertsteer:ridge:lowest",
+    ]
+    # The reported numbers are the models' own scores on the seeded test split.
+    _, val, test = load_task(spec).split(seed=0)
+    norm = report["norm"]
+    direct = mc_correct(option_logprobs(target, test.items), test.items, norm).mean()
+    rows = {m["name"]: m for m in report["methods"]}
+    assert rows["none"]["score"] == pytest.approx(direct)
+    assert report["models"]["target"]["test"][norm] == pytest.approx(direct)
+    expert_norm = report["models"]["expert"]["norm"]
+    assert rows["expert"]["score"] == report["models"]["expert"]["test"][expert_norm]
+    for m in report["methods"]:
+        lo, hi = m["ci95"]
+        assert lo <= m["score"] <= hi and m["n_correct"] == round(m["score"] * 14)
+    for name in ("expertsteer:ridge:depth", "expertsteer:ridge:lowest"):
+        m = rows[name]
+        assert m["kind"] == "transfer" and m["alpha"] in (0.0, 1.0, 4.0)
+        assert len(m["nulls"]["shuffled_labels"]) == 2 and len(m["nulls"]["random_direction"]) == 2
+        assert isinstance(m["beats_null"], bool) and "p_vs_best_baseline" in m
+        assert m["val_score"] == max(g["score"] for g in report["sweeps"][name])
+        if m["alpha"]:
+            assert m["pairs"] and all(j in m["layers"] for _, j in m["pairs"])
+    assert rows["mean-diff"]["kind"] == "target-only" and "p_vs_none" in rows["mean-diff"]
+
+    out = write_report(report, tmp_path / "report")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["task"] == spec and saved["n"]["test"] == 14
+    for m in saved["methods"]:
+        assert {"name", "score", "ci95", "alpha", "pairs"} <= set(m)
+    assert "| expertsteer:ridge:depth |" in (out / "results.md").read_text()
+    for png in ("accuracy.png", "alpha_sweep.png", "mi_matrix.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_same_report(tmp_path):
+    target = tiny_model("gpt2", seed=3, n_layers=4)
+    spec = write_task(tmp_path / "task.jsonl")
+    config = EvalConfig(task=spec, target=target, methods="none,pca", **FAST)
+    a, b = run_eval(config, progress=False), run_eval(config, progress=False)
+    strip = lambda r: json.dumps([{**m, "seconds": 0} for m in r["methods"]], sort_keys=True)  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_cli_eval_on_saved_tiny_model(tmp_path):
+    lm = tiny_model("llama", seed=4, n_layers=4)
+    lm.model.save_pretrained(tmp_path / "target")
+    lm.tokenizer.save_pretrained(tmp_path / "target")
+    spec = write_task(tmp_path / "task.jsonl")
+    args = ["eval", "--target", str(tmp_path / "target"), "--task", spec]
+    args += ["--methods", "none,mean-diff", "--report", str(tmp_path / "r"), "--alphas", "0,2"]
+    args += ["--layer-counts", "2", "--pairs", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "mean-diff" in result.output and "report:" in result.output
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [m["name"] for m in saved["methods"]] == ["none", "mean-diff"]
+
+    bad = CliRunner().invoke(app, [*args[:5], "--methods", "magic", "--report", "x"])
+    assert bad.exit_code != 0 and "unknown method 'magic'" in bad.output
+
+
+@pytest.mark.real
+def test_mean_beats_sum_on_code_line_description():
+    """The issue's observation: SmolLM2 ~0.15 with summed, ~0.62 with mean log-likelihood."""
+    from expertsteer.models import load_model
+    from test_data import REAL_TARBALL
+
+    if not REAL_TARBALL.is_file():
+        pytest.skip("BIG-bench sdist not downloaded")
+    task = load_task("bigbench:code_line_description")
+    scores = option_logprobs(load_model("smollm2-135m"), task.items)
+    acc_sum = mc_correct(scores, task.items, "sum").mean()
+    acc_mean = mc_correct(scores, task.items, "mean").mean()
+    assert acc_sum < 0.3 < 0.5 < acc_mean, (acc_sum, acc_mean)
+
+
+@pytest.mark.real
+def test_real_eval_few_items(tmp_path):
+    from test_data import REAL_TARBALL
+
+    if not REAL_TARBALL.is_file():
+        pytest.skip("BIG-bench sdist not downloaded")
+    config = EvalConfig(
+        task="bigbench:code_line_description",
+        target="smollm2-135m",
+        expert="qwen2.5-coder-0.5b",
+        methods="none,expert,mean-diff,expertsteer:ridge:depth",
+        n_nulls=1,
+        alphas=(0.0, 1.0),
+        layer_counts=(4,),
+        align_texts=96,
+    )
+    report = run_eval(config, progress=False)
+    rows = {m["name"]: m for m in report["methods"]}
+    assert report["norm"] == "mean"  # chosen on validation
+    assert rows["expert"]["score"] > 0.5  # the code expert knows its domain
+    assert np.isfinite([m["score"] for m in report["methods"]]).all()
+    assert rows["expertsteer:ridge:depth"]["nulls"]["shuffled_labels"]
