@@ -81,6 +81,11 @@ def test_end_to_end_on_tiny_models(tmp_path):
     for m in saved["methods"]:
         assert {"name", "score", "ci95", "alpha", "pairs"} <= set(m)
     assert "| expertsteer:ridge:depth |" in (out / "results.md").read_text()
+    from expertsteer.plan import SteeringPlan
+
+    for name, folder in saved["plans"].items():
+        plan = SteeringPlan.from_pretrained(out / folder)
+        assert plan.layers == rows[name]["layers"] and rows[name]["alpha"] != 0
     for png in ("accuracy.png", "alpha_sweep.png", "mi_matrix.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -210,7 +210,13 @@ def extract(
     pass_positions = _accepts(lm.base, "position_ids")
     device = lm.device
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    results: list[list[Tensor] | None] = [None] * len(ids)
+    # Rows of text i in the output: [first[i], first[i] + count[i]). Filled batch by batch (each
+    # read is copied out, so no batch's [B, T, d] block outputs outlive it).
+    count = [1] * len(ids) if isinstance(position, str) else [len(p) for p in position]
+    first = [0] * len(ids)
+    for i in range(1, len(ids)):
+        first[i] = first[i - 1] + count[i - 1]
+    out: Tensor | None = None
 
     bar = tqdm(total=len(ids), desc=f"states {lm.name}", disable=not progress, unit="text")
     for start in range(0, len(order), batch_size):
@@ -249,19 +255,17 @@ def extract(
         # Only the states read are checked (padding may hold NaN harmlessly), once per batch:
         # fail at the first bad batch, not after all of them.
         _check_finite(lm, read, wanted)
+        if out is None:
+            total = first[-1] + count[-1]
+            out = torch.empty(len(wanted), total, states[0].shape[-1], dtype=torch.float32)
         for i, sel in zip(rows, read):
-            results[i] = [t.float().cpu() for t in sel]
+            for k, t in enumerate(sel):
+                out[k, first[i] : first[i] + count[i]] = t.reshape(count[i], out.shape[-1])
+        del states, read
         bar.update(len(rows))
     bar.close()
 
-    if isinstance(position, str):
-        out = torch.stack(
-            [torch.stack([results[i][k] for i in range(len(ids))]) for k in range(len(wanted))]
-        )
-    else:
-        out = torch.stack(
-            [torch.cat([results[i][k] for i in range(len(ids))]) for k in range(len(wanted))]
-        )
+    assert out is not None
     if path is not None:
         save_tensors(path, {"states": out}, {"model": lm.name, "layers": json.dumps(wanted)})
         log.info("cached %s states of %d texts in %s", lm.name, len(prepared), path)

@@ -164,12 +164,18 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> Path:
-    """Write ``results.json``, ``results.md`` and the PNG plots into ``out``."""
+    """Write ``results.json``, ``results.md``, the PNG plots and the tuned plans
+    (``plans/<method>/``, usable with ``expertsteer generate --steer``) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = dict(report)
     report["plots"] = _plots(report, out)
     report.pop("_mi_plan", None)
+    report["plans"] = {}
+    for name, plan in report.pop("_plans", {}).items():
+        folder = "plans/" + name.replace(":", "_")
+        plan.save_pretrained(out / folder)
+        report["plans"][name] = folder
     write_json(out / "results.json", report)
     md = markdown_table(report)
     with atomic_path(out / "results.md") as tmp:

@@ -266,6 +266,8 @@ def run_eval(
     }
     if mi_plan is not None and mi_plan.mi_matrix is not None:
         report["_mi_plan"] = mi_plan  # for the heat-map; not serialised
+    # The tuned plans (α and layers as chosen on validation), saved beside the report.
+    report["_plans"] = {name: plan for name, plan in plans.items() if any(plan.alphas.values())}
     return report
 
 
