@@ -146,7 +146,8 @@ def test_real_eval_few_items(tmp_path):
         n_nulls=1,
         alphas=(0.0, 1.0),
         layer_counts=(4,),
-        align_texts=96,
+        align_texts=64,
+        limit=30,  # train 15 / val 6 / test 9: the real path end to end, kept short for CI
     )
     report = run_eval(config, progress=False)
     rows = {m["name"]: m for m in report["methods"]}
