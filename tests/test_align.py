@@ -132,6 +132,20 @@ def test_ridge_with_more_features_than_samples_generalises():
     assert al.score(X_e[60:], X_t[60:]) > 0.95
 
 
+@pytest.mark.parametrize(("n", "d_e"), [(200, 40), (30, 40)])
+def test_ridge_refit_solve_equals_the_spectral_form(n, d_e):
+    # The refit at the chosen α (Cholesky) must equal the grid's eigendecomposition form.
+    g = _gen(5)
+    Z = torch.randn(n, d_e, generator=g, dtype=torch.float64)
+    Y = torch.randn(n, 7, generator=g, dtype=torch.float64)
+    P, lam, Q = Ridge._spectrum(Z, Y)
+    for alpha in (1e-2, 1.0, 30.0):
+        ref = (P / (lam + alpha)) @ Q
+        assert torch.allclose(Ridge._solve(Z, Y, alpha), ref, rtol=1e-9, atol=1e-10)
+        sk = np.linalg.solve(Z.T @ Z + alpha * torch.eye(d_e, dtype=torch.float64), Z.T @ Y)
+        assert np.allclose(Ridge._solve(Z, Y, alpha).numpy(), sk, rtol=1e-8, atol=1e-10)
+
+
 def test_ridge_picks_a_stronger_penalty_for_noisier_targets():
     X_e, X_t, _, _ = _linear_pair(200, 40, 8, noise=0.01)
     _, X_t_noisy, _, _ = _linear_pair(200, 40, 8, noise=3.0)

@@ -415,13 +415,20 @@ def test_disabled_handle_is_bit_identical_and_can_be_re_enabled():
     lm = tiny_model("llama")
     enc = batch(lm, PROMPTS, "right")
     plain = forward(lm, enc).logits
+    with attach(lm, make_plan(lm), scope="last:2"):
+        fresh = forward(lm, enc).logits
     handle = attach(lm, make_plan(lm), scope="last:2")
     handle.enabled = False
+    # zero cost while disabled: no hook of ours stays on the model
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+    assert handle.attached and not handle.enabled
     assert torch.equal(forward(lm, enc).logits, plain)
     handle.enabled = True
     steered = forward(lm, enc).logits
-    assert not torch.equal(steered, plain)
+    assert torch.equal(steered, fresh) and not torch.equal(steered, plain)
     handle.remove()
+    handle.enabled = True  # enabling a removed handle puts nothing back
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
     handle.remove()  # idempotent
     assert not handle.attached and torch.equal(forward(lm, enc).logits, plain)
 

@@ -276,9 +276,20 @@ class Ridge(Aligner):
         self.quality_["r2_val"] = r2[best]
 
         s_e, s_t = _Scaler.per_feature(X_e), _Scaler.centre(X_t)
-        P, lam, Q = self._spectrum(s_e(X_e), s_t(X_t))
-        W = ((P / (lam + self.alpha_)) @ Q).T
+        W = self._solve(s_e(X_e), s_t(X_t), self.alpha_).T
         return _fold(W, torch.zeros(W.shape[0], dtype=W.dtype), s_e, s_t)
+
+    @staticmethod
+    def _solve(Z: Tensor, Y: Tensor, alpha: float) -> Tensor:
+        """Wᵀ = (ZᵀZ + αI)⁻¹ ZᵀY at one α: a Cholesky solve, ~10× cheaper than the grid's eigh."""
+        if Z.shape[0] >= Z.shape[1]:
+            A, B = Z.T @ Z, Z.T @ Y
+        else:  # dual: Zᵀ (ZZᵀ + αI)⁻¹ Y
+            A, B = Z @ Z.T, Y
+        A.diagonal().add_(alpha)
+        chol, info = torch.linalg.cholesky_ex(A)
+        sol = torch.cholesky_solve(B, chol) if info == 0 else torch.linalg.solve(A, B)
+        return sol if Z.shape[0] >= Z.shape[1] else Z.T @ sol
 
     @staticmethod
     def _spectrum(Z: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

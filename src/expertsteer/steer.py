@@ -126,7 +126,8 @@ def _path_modules(lm: LoadedModel) -> list[nn.Module]:
 class SteeringHandle:
     """Hooks adding a plan's vectors to block outputs; remove with :meth:`remove` or ``with``.
 
-    ``enabled`` toggles steering between forward calls (disabled hooks return at once).
+    ``enabled`` toggles steering between forward calls; a disabled handle takes its hooks off
+    the model (zero cost) and puts them back when enabled again.
     """
 
     def __init__(
@@ -138,7 +139,8 @@ class SteeringHandle:
     ) -> None:
         self.lm = lm
         self.scope = scope
-        self.enabled = True
+        self._enabled = True
+        self._removed = False
         self.n_rows = n_rows  # 1: the same addition on every row
         self.deltas: dict[int, Tensor] = {}  # block -> [R, 1, d] on its device, in its dtype
         self._keys: dict[int, tuple[torch.device, torch.dtype]] = {}
@@ -188,8 +190,6 @@ class SteeringHandle:
         """
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if not self.enabled:
-                return
             given = {**dict(zip(names, args)), **kwargs}
             x = given.get("input_ids")
             if x is None:
@@ -217,8 +217,6 @@ class SteeringHandle:
         key, delta = self._keys[j], self.deltas[j]
 
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            if not self.enabled:
-                return None
             coef = self._coef.get(key)
             if coef is None:  # the block was called outside a model forward
                 return None
@@ -326,14 +324,40 @@ class SteeringHandle:
     # --- lifetime ----------------------------------------------------------------------------
 
     @property
-    def attached(self) -> bool:
-        return bool(self._hooks)
+    def enabled(self) -> bool:
+        return self._enabled
 
-    def remove(self) -> None:
-        """Remove every hook (idempotent)."""
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        on = bool(on)
+        if on == self._enabled:
+            return
+        self._enabled = on
+        if self._removed:
+            return
+        if not on:
+            self._unhook()
+            return
+        try:
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
+
+    @property
+    def attached(self) -> bool:
+        """True until :meth:`remove` (also while disabled)."""
+        return not self._removed
+
+    def _unhook(self) -> None:
         while self._hooks:
             self._hooks.pop().remove()
         self._coef, self._seen, self._seen_mask = {}, None, None
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        self._removed = True
+        self._unhook()
 
     def __enter__(self) -> SteeringHandle:
         return self
