@@ -82,7 +82,8 @@ def forward(lm, enc):
 def greedy(lm, texts, n=5, **kw):
     enc = batch(lm, texts, "left")
     out = lm.model.generate(
-        **enc,
+        input_ids=enc["input_ids"],  # transformers 4 refuses unused token_type_ids
+        attention_mask=enc["attention_mask"],
         max_new_tokens=n,
         min_new_tokens=n,
         do_sample=False,
