@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from expertsteer.extract import encode, extract
-from expertsteer.io import cache_root
+from expertsteer.extract import encode, extract, extract_to_cache
+from expertsteer.io import cache_root, load_tensors, save_tensors
 from tiny import ARCHS, ENCODERS, tiny_model
 
 TEXTS = ["hello world", "a b c d e f g h", "x", "The quick brown fox jumps", "no"]
@@ -109,6 +109,57 @@ def test_corrupted_cache_entry_is_recomputed():
     with pytest.warns(UserWarning, match="damaged cache entry, recomputing it"):
         assert torch.equal(extract(lm, TEXTS, progress=False), first)
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("position", ["last", "explicit"])
+def test_streamed_states_file_equals_extract_and_save(position):
+    # Written row by row at their offsets, the file must hold exactly what extract returns, with
+    # the very checksum save_tensors computes for it.
+    lm = tiny_model("qwen2")
+    pos = "last" if position == "last" else [[0, -1], [1], [-2, 0, 1], [0], [-1]]
+    path = extract_to_cache(lm, TEXTS, position=pos, batch_size=2, progress=False)
+    states, meta = load_tensors(path)
+    want = extract(lm, TEXTS, position=pos, batch_size=2, cache=False, progress=False)
+    assert torch.equal(states["states"], want)
+    ref = path.with_name("ref.safetensors")
+    assert save_tensors(ref, {"states": want}, {k: v for k, v in meta.items() if k != "sha256"})
+    assert load_tensors(ref)[1] == meta
+    # extract reads the same cache entry (no forward)
+    assert torch.equal(extract(lm, TEXTS, position=pos, batch_size=2, progress=False), want)
+
+
+def test_streamed_states_reuse_the_cache_and_replace_a_damaged_entry(monkeypatch):
+    lm = tiny_model("llama")
+    first = extract(lm, TEXTS, progress=False)
+    (path,) = (cache_root() / "states").glob("*.safetensors")
+    with monkeypatch.context() as m:
+        m.setattr("expertsteer.extract._forward_states", lambda *a, **k: 1 / 0)
+        assert extract_to_cache(lm, TEXTS, progress=False) == path
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\xff" * 4
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged cache entry, recomputing it"):
+        assert extract_to_cache(lm, TEXTS, progress=False) == path
+    assert torch.equal(load_tensors(path)[0]["states"], first)
+    with pytest.raises(ValueError, match="writes to the cache"):
+        extract_to_cache(lm, TEXTS, cache=False)
+
+
+def test_interrupted_streamed_extraction_leaves_no_file(monkeypatch):
+    lm = tiny_model("llama")
+    calls = []
+    real = __import__("expertsteer.extract", fromlist=["_forward_states"])._forward_states
+
+    def second_batch_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr("expertsteer.extract._forward_states", second_batch_fails)
+    with pytest.raises(KeyboardInterrupt):
+        extract_to_cache(lm, TEXTS, batch_size=2, progress=False)
+    assert not list((cache_root() / "states").iterdir())
 
 
 def test_other_model_does_not_hit_the_cache():

@@ -613,14 +613,16 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 import expertsteer.pipeline as pipeline
 pause = os.environ.get("PAUSE_AT_EXTRACT")
-if pause:
-    real = pipeline.extract
+def pausing(real):
     def extract(lm, *args, **kw):
         if lm.name == pause:
             Path(os.environ["PAUSE_MARKER"]).write_text("paused")
             time.sleep(600)
         return real(lm, *args, **kw)
-    pipeline.extract = extract
+    return extract
+if pause:
+    pipeline.extract = pausing(pipeline.extract)
+    pipeline.extract_to_cache = pausing(pipeline.extract_to_cache)
 from expertsteer.cli import app
 sys.argv[0] = "expertsteer"
 app()

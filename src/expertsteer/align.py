@@ -239,8 +239,9 @@ class Ridge(Aligner):
 
     The penalty is chosen from ``alphas`` by held-out R² (one eigendecomposition of the training
     split's Gram matrix serves the whole grid; features are standardised with all rows'
-    statistics), then the map is refitted on all rows with the chosen ``alpha_``. ``r2_val`` is the held-out R² at ``alpha_`` (slightly optimistic: the same
-    split picked it). Float64 throughout; works for d_E > N.
+    statistics), then the map is refitted on all rows with the chosen ``alpha_``. ``r2_val`` is
+    the held-out R² at ``alpha_`` (slightly optimistic: the same split picked it). Float64
+    throughout; works for d_E > N.
     """
 
     name = "ridge"

@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import CorruptFileError, cache_root, load_tensors, save_tensors
+from .io import CorruptFileError, atomic_path, cache_root, load_tensors, save_tensors
 from .models import LoadedModel
 from .types import ReadPosition, Tensor
 
@@ -155,6 +156,20 @@ def _accepts(module: torch.nn.Module, name: str) -> bool:
     return name in inspect.signature(module.forward).parameters
 
 
+def _states_path(
+    lm: LoadedModel,
+    prepared: list[str],
+    position: ReadPosition,
+    wanted: list[int],
+    chat_template: bool,
+    max_length: int | None,
+    cache: bool | str | Path,
+) -> Path:
+    folder = cache_root() / "states" if cache is True else Path(cache)
+    key = _cache_key(lm, prepared, position, wanted, chat_template, max_length)
+    return folder / f"{key}.safetensors"
+
+
 def extract(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -181,20 +196,183 @@ def extract(
     wanted = _wanted_layers(lm, layers)
     path = None
     if cache:
-        folder = cache_root() / "states" if cache is True else Path(cache)
-        key = _cache_key(lm, prepared, position, wanted, chat_template, max_length)
-        path = folder / f"{key}.safetensors"
+        path = _states_path(lm, prepared, position, wanted, chat_template, max_length, cache)
         if path.exists():
             try:
                 states = load_tensors(path)[0]["states"]
                 log.info("cache hit: %s states of %d texts from %s", lm.name, len(prepared), path)
                 return states
             except (CorruptFileError, KeyError) as exc:
-                # A damaged entry (a crash mid-copy, a full disk, bit rot) is never trusted.
-                what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
-                warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=2)
-                path.unlink(missing_ok=True)
+                _drop_damaged(path, exc)
+    sink = _MemorySink()
+    _run(lm, texts, wanted, position, batch_size, chat_template, max_length, padding_side,
+         progress, sink)  # fmt: skip
+    assert sink.out is not None
+    if path is not None:
+        save_tensors(path, {"states": sink.out}, _metadata(lm, wanted))
+        log.info("cached %s states of %d texts in %s", lm.name, len(prepared), path)
+    return sink.out
 
+
+def extract_to_cache(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    position: ReadPosition = "last",
+    batch_size: int = 16,
+    chat_template: bool = False,
+    max_length: int | None = 512,
+    padding_side: str | None = None,
+    cache: bool | str | Path = True,
+    progress: bool = True,
+) -> Path:
+    """As :func:`extract`, but the states go to the cache file batch by batch and never all sit
+    in memory; returns the file (read it with :func:`expertsteer.io.load_tensors`).
+
+    For large reads while a big model is loaded: load the states once the model is freed, and
+    the peak memory is the model's or the states', not both.
+    """
+    if not cache:
+        raise ValueError("extract_to_cache writes to the cache: pass cache=True or a folder")
+    prepared = prepare_texts(lm, texts, chat_template)
+    _check_position(position, len(prepared))
+    wanted = _wanted_layers(lm, layers)
+    path = _states_path(lm, prepared, position, wanted, chat_template, max_length, cache)
+    if path.exists():
+        try:
+            _verify_states_file(path)
+            log.info("cache hit: %s states of %d texts in %s", lm.name, len(prepared), path)
+            return path
+        except CorruptFileError as exc:
+            _drop_damaged(path, exc)
+    with atomic_path(path) as tmp:
+        sink = _FileSink(tmp, _metadata(lm, wanted))
+        try:
+            _run(lm, texts, wanted, position, batch_size, chat_template, max_length,
+                 padding_side, progress, sink)  # fmt: skip
+            sink.finish()
+        finally:
+            sink.close()
+    log.info("cached %s states of %d texts in %s", lm.name, len(prepared), path)
+    return path
+
+
+def _metadata(lm: LoadedModel, wanted: list[int]) -> dict[str, str]:
+    return {"model": lm.name, "layers": json.dumps(wanted)}
+
+
+def _drop_damaged(path: Path, exc: Exception) -> None:
+    # A damaged entry (a crash mid-copy, a full disk, bit rot) is never trusted.
+    what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
+    warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=3)
+    path.unlink(missing_ok=True)
+
+
+class _MemorySink:
+    """Collects the states in one [L, rows, d] float32 tensor."""
+
+    out: Tensor | None = None
+
+    def start(self, shape: tuple[int, int, int]) -> None:
+        self.out = torch.empty(shape, dtype=torch.float32)
+
+    def put(self, layer: int, row: int, values: Tensor) -> None:
+        assert self.out is not None
+        self.out[layer, row : row + len(values)] = values
+
+
+class _FileSink:
+    """Writes the states straight into a safetensors file (one F32 tensor ``states``), rows at
+    their final offsets; the checksum save_tensors would store is filled in at the end."""
+
+    _CHUNK = 1 << 22
+
+    def __init__(self, path: Path, metadata: dict[str, str]) -> None:
+        self.path, self.metadata = path, metadata
+        self.file = None
+
+    def _header(self, digest: str) -> bytes:
+        header = {
+            "__metadata__": {**self.metadata, "sha256": digest},
+            "states": {"dtype": "F32", "shape": list(self.shape), "data_offsets": [0, self.nbytes]},
+        }
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # aligned data, as safetensors' own writer pads
+        return len(raw).to_bytes(8, "little") + raw
+
+    def start(self, shape: tuple[int, int, int]) -> None:
+        self.shape, self.d = shape, shape[2]
+        self.nbytes = shape[0] * shape[1] * shape[2] * 4
+        head = self._header("0" * 64)  # same length as the final sha256 hex digest
+        self.data_start = len(head)
+        self.file = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
+        self.file.write(head)
+        self.file.truncate(self.data_start + self.nbytes)
+
+    def put(self, layer: int, row: int, values: Tensor) -> None:
+        assert self.file is not None
+        offset = self.data_start + (layer * self.shape[1] + row) * self.d * 4
+        data = values.detach().to("cpu", torch.float32).contiguous().numpy()
+        buf = memoryview(data).cast("B")
+        while buf:  # pwrite may write less than asked
+            n = os.pwrite(self.file.fileno(), buf, offset)
+            buf, offset = buf[n:], offset + n
+
+    def finish(self) -> None:
+        assert self.file is not None
+        self.file.seek(self.data_start)
+        h = _digest_prefix(self.shape)
+        while block := self.file.read(self._CHUNK):
+            h.update(block)
+        self.file.seek(0)
+        self.file.write(self._header(h.hexdigest()))
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _digest_prefix(shape) -> hashlib._Hash:
+    """The start of :func:`expertsteer.io.tensors_digest` for a lone float32 ``states``."""
+    h = hashlib.sha256()
+    h.update(f"states|{tuple(shape)}|{torch.float32}|".encode())
+    return h
+
+
+def _verify_states_file(path: Path) -> None:
+    """Check a cached states file against its checksum by streaming it (never loading it)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            digest = header["__metadata__"]["sha256"]
+            spec = header["states"]
+            h = _digest_prefix(tuple(spec["shape"]))
+            size = 0
+            while block := f.read(_FileSink._CHUNK):
+                h.update(block)
+                size += len(block)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{path} is not a readable states file ({exc})") from exc
+    if spec.get("dtype") != "F32" or size != spec["data_offsets"][1] or h.hexdigest() != digest:
+        raise CorruptFileError(f"{path} is corrupted: its checksum does not match its content")
+
+
+def _run(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    wanted: list[int],
+    position: ReadPosition,
+    batch_size: int,
+    chat_template: bool,
+    max_length: int | None,
+    padding_side: str | None,
+    progress: bool,
+    sink: _MemorySink | _FileSink,
+) -> None:
+    """Forward the texts in length-sorted batches; each read goes to ``sink`` at its rows."""
     encoded = encode(lm, texts, chat_template=chat_template, max_length=max_length)
     ids = [e["input_ids"] for e in encoded]
     if not isinstance(position, str):
@@ -216,7 +394,7 @@ def extract(
     first = [0] * len(ids)
     for i in range(1, len(ids)):
         first[i] = first[i - 1] + count[i - 1]
-    out: Tensor | None = None
+    started = False
 
     bar = tqdm(total=len(ids), desc=f"states {lm.name}", disable=not progress, unit="text")
     for start in range(0, len(order), batch_size):
@@ -255,21 +433,16 @@ def extract(
         # Only the states read are checked (padding may hold NaN harmlessly), once per batch:
         # fail at the first bad batch, not after all of them.
         _check_finite(lm, read, wanted)
-        if out is None:
-            total = first[-1] + count[-1]
-            out = torch.empty(len(wanted), total, states[0].shape[-1], dtype=torch.float32)
+        d = states[0].shape[-1]
+        if not started:
+            sink.start((len(wanted), first[-1] + count[-1], d))
+            started = True
         for i, sel in zip(rows, read):
             for k, t in enumerate(sel):
-                out[k, first[i] : first[i] + count[i]] = t.reshape(count[i], out.shape[-1])
+                sink.put(k, first[i], t.reshape(count[i], d))
         del states, read
         bar.update(len(rows))
     bar.close()
-
-    assert out is not None
-    if path is not None:
-        save_tensors(path, {"states": out}, {"model": lm.name, "layers": json.dumps(wanted)})
-        log.info("cached %s states of %d texts in %s", lm.name, len(prepared), path)
-    return out
 
 
 def _check_finite(lm: LoadedModel, read: list[list[Tensor]], layers: list[int]) -> None:

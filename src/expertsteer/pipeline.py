@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,8 @@ from . import __version__
 from .align import make_aligner
 from .data import Dataset, check_dataset, generic_texts
 from .estimators import auc, make_estimator
-from .extract import encode, extract
+from .extract import encode, extract, extract_to_cache
+from .io import load_tensors
 from .mi import mi_matrix
 from .models import LoadedModel, load_model, load_tokenizer
 from .pairing import STRATEGIES, depth_pairs, select_pairs
@@ -47,7 +49,7 @@ def _alpha_defaults(states: Tensor, layers: Sequence[int], scale: float) -> tupl
 @dataclass
 class _States:
     contrast: Tensor  # [L, N, d] at the read position
-    align: Tensor | None = None  # [L, P, d] at the shared token positions
+    align: Tensor | Path | None = None  # [L, P, d] at the shared token positions (or its file)
     info: ModelInfo | None = None
 
 
@@ -198,8 +200,11 @@ class ExpertSteer:
         )
 
         def read(lm: LoadedModel, positions: list[list[int]]) -> _States:
-            """Contrast states at the read position + alignment states at shared positions."""
-            align = extract(
+            """Contrast states at the read position + alignment states at shared positions.
+
+            The alignment states are the big read (~0.5 GB for a 0.5B expert): they go to the
+            cache file and are loaded once the model is freed, never in memory beside it."""
+            align = extract_to_cache(
                 lm,
                 align_texts,
                 position=positions,
@@ -215,6 +220,7 @@ class ExpertSteer:
             return read(lm, pos_e), pos_t
 
         ex, pos_t = _with_model(self.expert, expert_pass)
+        ex.align = load_tensors(ex.align)[0]["states"]
         timings["expert_states"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -224,6 +230,7 @@ class ExpertSteer:
             return read(lm, pos_t)
 
         tg = _with_model(self.target, target_pass)
+        tg.align = load_tensors(tg.align)[0]["states"]
         timings["target_states"] = time.perf_counter() - t0
 
         # Step 1: one map per expert layer, onto the target layer at the same relative depth.
