@@ -93,6 +93,23 @@ def test_end_to_end_on_tiny_models(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_papers_auto_encoders_run_end_to_end(tmp_path):
+    # ae (the paper's, reconstruction only) and paired-ae through the same harness, with nulls.
+    expert = tiny_model("qwen2", seed=1, d=48, n_layers=5)
+    target = tiny_model("llama", seed=2, n_layers=4)
+    spec = write_task(tmp_path / "task.jsonl")
+    methods = "none,expertsteer:ae:lowest,expertsteer:paired-ae:depth"
+    config = EvalConfig(task=spec, target=target, expert=expert, methods=methods, **FAST)
+    report = run_eval(config, progress=False)
+    rows = {m["name"]: m for m in report["methods"]}
+    assert list(rows) == ["none", "expertsteer:ae:lowest", "expertsteer:paired-ae:depth"]
+    for name in list(rows)[1:]:
+        m = rows[name]
+        assert m["kind"] == "transfer" and m["alpha"] in (0.0, 1.0, 4.0)
+        assert len(m["nulls"]["shuffled_labels"]) == 2 and isinstance(m["beats_null"], bool)
+        assert m["val_score"] == max(g["score"] for g in report["sweeps"][name])
+
+
 def test_same_seed_same_report(tmp_path):
     target = tiny_model("gpt2", seed=3, n_layers=4)
     spec = write_task(tmp_path / "task.jsonl")
