@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import CorruptFileError, atomic_path, cache_root, load_tensors, save_tensors
+from .io import (
+    CorruptFileError,
+    atomic_path,
+    cache_root,
+    digest_entry,
+    load_tensors,
+    save_tensors,
+)
 from .models import LoadedModel
 from .types import ReadPosition, Tensor
 
@@ -156,18 +163,24 @@ def _accepts(module: torch.nn.Module, name: str) -> bool:
     return name in inspect.signature(module.forward).parameters
 
 
-def _states_path(
+def _resolve(
     lm: LoadedModel,
-    prepared: list[str],
+    texts: Sequence[str],
+    layers: Sequence[int] | None,
     position: ReadPosition,
-    wanted: list[int],
     chat_template: bool,
     max_length: int | None,
     cache: bool | str | Path,
-) -> Path:
+) -> tuple[list[str], list[int], Path | None]:
+    """Validated texts (templated when asked), wanted layers and the cache file (None: off)."""
+    prepared = prepare_texts(lm, texts, chat_template)
+    _check_position(position, len(prepared))
+    wanted = _wanted_layers(lm, layers)
+    if not cache:
+        return prepared, wanted, None
     folder = cache_root() / "states" if cache is True else Path(cache)
     key = _cache_key(lm, prepared, position, wanted, chat_template, max_length)
-    return folder / f"{key}.safetensors"
+    return prepared, wanted, folder / f"{key}.safetensors"
 
 
 def extract(
@@ -191,19 +204,14 @@ def extract(
     the end of each text). ``cache`` (True: the default cache folder, or a folder) stores results
     keyed by model fingerprint, texts, layers and read rule.
     """
-    prepared = prepare_texts(lm, texts, chat_template)
-    _check_position(position, len(prepared))
-    wanted = _wanted_layers(lm, layers)
-    path = None
-    if cache:
-        path = _states_path(lm, prepared, position, wanted, chat_template, max_length, cache)
-        if path.exists():
-            try:
-                states = load_tensors(path)[0]["states"]
-                log.info("cache hit: %s states of %d texts from %s", lm.name, len(prepared), path)
-                return states
-            except (CorruptFileError, KeyError) as exc:
-                _drop_damaged(path, exc)
+    prepared, wanted, path = _resolve(lm, texts, layers, position, chat_template, max_length, cache)
+    if path is not None and path.exists():
+        try:
+            states = load_tensors(path)[0]["states"]
+            log.info("cache hit: %s states of %d texts from %s", lm.name, len(prepared), path)
+            return states
+        except (CorruptFileError, KeyError) as exc:
+            _drop_damaged(path, exc)
     sink = _MemorySink()
     _run(lm, texts, wanted, position, batch_size, chat_template, max_length, padding_side,
          progress, sink)  # fmt: skip
@@ -235,10 +243,8 @@ def extract_to_cache(
     """
     if not cache:
         raise ValueError("extract_to_cache writes to the cache: pass cache=True or a folder")
-    prepared = prepare_texts(lm, texts, chat_template)
-    _check_position(position, len(prepared))
-    wanted = _wanted_layers(lm, layers)
-    path = _states_path(lm, prepared, position, wanted, chat_template, max_length, cache)
+    prepared, wanted, path = _resolve(lm, texts, layers, position, chat_template, max_length, cache)
+    assert path is not None
     if path.exists():
         try:
             _verify_states_file(path)
@@ -335,9 +341,9 @@ class _FileSink:
 
 
 def _digest_prefix(shape) -> hashlib._Hash:
-    """The start of :func:`expertsteer.io.tensors_digest` for a lone float32 ``states``."""
+    """:func:`expertsteer.io.tensors_digest` of a lone float32 ``states``, before its bytes."""
     h = hashlib.sha256()
-    h.update(f"states|{tuple(shape)}|{torch.float32}|".encode())
+    digest_entry(h, "states", shape, torch.float32)
     return h
 
 

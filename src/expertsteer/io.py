@@ -64,12 +64,17 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+def digest_entry(h, name: str, shape, dtype: torch.dtype) -> None:
+    """Feed one tensor's name, shape and dtype to ``h``; its bytes follow (see tensors_digest)."""
+    h.update(f"{name}|{tuple(shape)}|{dtype}|".encode())
+
+
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over names, shapes, dtypes and bytes: detects corrupted or truncated files."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest_entry(h, name, t.shape, t.dtype)
         if t.numel():  # hashed through the buffer protocol: no copy of a large tensor
             h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
