@@ -8,8 +8,10 @@ from typer.testing import CliRunner
 from expertsteer.cli import app
 from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.scoring import mc_correct, option_logprobs
-from test_data import REAL_TARBALL
+from expertsteer.io import cache_root
 from tiny import tiny_model
+
+REAL_TARBALL = cache_root() / "downloads" / "bigbench-1.0.0.tar.gz"
 
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
@@ -45,7 +47,8 @@ def test_end_to_end_on_tiny_models(tmp_path):
         methods="none,prompt,expert,mean-diff,expertsteer:ridge",
         **FAST,
     )
-    report = run_eval(config, progress=False)
+    result = run_eval(config, progress=False)
+    report = result.report
     assert report["n"] == {"train": 24, "val": 10, "test": 14}
     names = [m["name"] for m in report["methods"]]
     assert names == [
@@ -78,7 +81,7 @@ def test_end_to_end_on_tiny_models(tmp_path):
             assert m["pairs"] and all(j in m["layers"] for _, j in m["pairs"])
     assert rows["mean-diff"]["kind"] == "target-only" and "p_vs_none" in rows["mean-diff"]
 
-    out = write_report(report, tmp_path / "report")
+    out = write_report(result, tmp_path / "report")
     saved = json.loads((out / "results.json").read_text())
     assert saved["task"] == spec and saved["n"]["test"] == 14
     for m in saved["methods"]:
@@ -100,7 +103,7 @@ def test_the_papers_auto_encoders_run_end_to_end(tmp_path):
     spec = write_task(tmp_path / "task.jsonl")
     methods = "none,expertsteer:ae:lowest,expertsteer:paired-ae:depth"
     config = EvalConfig(task=spec, target=target, expert=expert, methods=methods, **FAST)
-    report = run_eval(config, progress=False)
+    report = run_eval(config, progress=False).report
     rows = {m["name"]: m for m in report["methods"]}
     assert list(rows) == ["none", "expertsteer:ae:lowest", "expertsteer:paired-ae:depth"]
     for name in list(rows)[1:]:
@@ -114,7 +117,7 @@ def test_same_seed_same_report(tmp_path):
     target = tiny_model("gpt2", seed=3, n_layers=4)
     spec = write_task(tmp_path / "task.jsonl")
     config = EvalConfig(task=spec, target=target, methods="none,pca", **FAST)
-    a, b = run_eval(config, progress=False), run_eval(config, progress=False)
+    a, b = (run_eval(config, progress=False).report for _ in range(2))
     strip = lambda r: json.dumps([{**m, "seconds": 0} for m in r["methods"]], sort_keys=True)  # noqa: E731
     assert strip(a) == strip(b)
 
@@ -166,7 +169,7 @@ def test_real_eval_few_items(tmp_path):
         align_texts=64,
         limit=30,  # train 15 / val 6 / test 9: the real path end to end, kept short for CI
     )
-    report = run_eval(config, progress=False)
+    report = run_eval(config, progress=False).report
     rows = {m["name"]: m for m in report["methods"]}
     target = report["models"]["target"]
     other = "sum" if report["norm"] == "mean" else "mean"

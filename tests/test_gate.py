@@ -156,3 +156,16 @@ def test_errors(lm):
         DomainGate(position="first")
     with pytest.raises(ValueError, match="C must be positive"):
         DomainGate(C=0.0)
+
+
+def test_damaged_gate_file(tmp_path):
+    # Copied from tests/test_reliability.py (files: never trusted when damaged).
+    from expertsteer.gate import META_FILE
+    from expertsteer.io import CorruptFileError
+
+    (tmp_path / META_FILE).write_text('{"format": 1, "bias"')
+    with pytest.raises(CorruptFileError, match="gate.json is not valid JSON .*save the gate again"):
+        DomainGate.load(tmp_path)
+    (tmp_path / META_FILE).write_text("[]")
+    with pytest.raises(CorruptFileError, match="holds a JSON list, not a gate"):
+        DomainGate.load(tmp_path)

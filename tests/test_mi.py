@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from expertsteer.mi import _gaussian_mi_logdet, gaussian_mi, ksg_mi, mi_matrix, plot_mi_matrix
+from expertsteer.mi import (
+    MI_ESTIMATORS,
+    _gaussian_mi_logdet,
+    gaussian_mi,
+    ksg_mi,
+    mi_matrix,
+    plot_mi_matrix,
+)
+from expertsteer.registry import UnknownNameError
 
 
 def _bivariate(rho: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,3 +236,16 @@ def test_plot_writes_png_without_leftovers(tmp_path) -> None:
     with pytest.raises(ValueError, match="outside the 6 x 8"):
         plot_mi_matrix(mi, tmp_path / "bad.png", pairs=[(6, 0)])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_mi_estimators_registry() -> None:
+    assert MI_ESTIMATORS.names == ("gaussian", "ksg")
+    assert MI_ESTIMATORS["gaussian"] is gaussian_mi and MI_ESTIMATORS["ksg"] is ksg_mi
+    assert all(MI_ESTIMATORS.entry(name).help for name in MI_ESTIMATORS)
+    x = _layers(60, [5], seed=19)[0]
+    for name in MI_ESTIMATORS:  # each entry is the pairwise estimator: (x, y) -> nats
+        assert MI_ESTIMATORS[name](x, x + 0.1 * x.flip(0), n_components=3) > 0.5
+    with pytest.raises(UnknownNameError, match="unknown MI estimator 'ksq': use gaussian, ksg"):
+        MI_ESTIMATORS.check("ksq")
+    with pytest.raises(UnknownNameError, match="unknown estimator 'knn'"):
+        mi_matrix(_layers(40, [6], seed=20), _layers(40, [6], seed=21), estimator="knn")

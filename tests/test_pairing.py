@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from expertsteer.pairing import (
-    STRATEGIES,
+    PAIRINGS,
+    depth_match,
     depth_pairs,
     given_pairs,
     highest_mi_pairs,
@@ -17,6 +18,7 @@ from expertsteer.pairing import (
     monotone_pairs,
     select_pairs,
 )
+from expertsteer.registry import UnknownNameError
 
 # Outer rows/columns hold the extremes, so exclude_outer visibly changes the answers. The inner
 # 2 x 2 block [[1, 9], [8, 1]] makes greedy-highest cross ((1, 2) and (2, 1)) while the
@@ -32,7 +34,7 @@ CROSSING = torch.tensor(
 
 
 def test_strategy_names() -> None:
-    assert STRATEGIES == ("lowest", "highest", "monotone", "depth", "given")
+    assert PAIRINGS.names == ("lowest", "highest", "monotone", "depth", "given")
 
 
 def test_highest_and_lowest_on_known_matrix() -> None:
@@ -157,3 +159,43 @@ def test_select_pairs_input_errors() -> None:
         select_pairs(torch.zeros(5), strategy="highest")
     with pytest.raises(ValueError, match="NaN or inf"):
         select_pairs(torch.full((5, 7), float("inf")), strategy="lowest")
+
+
+def test_pairings_registry_entries_are_the_strategies() -> None:
+    assert PAIRINGS["lowest"] is lowest_mi_pairs and PAIRINGS["highest"] is highest_mi_pairs
+    assert PAIRINGS["monotone"] is monotone_pairs and PAIRINGS["depth"] is depth_pairs
+    assert PAIRINGS["given"] is given_pairs
+    assert all(PAIRINGS.entry(name).help for name in PAIRINGS)
+    with pytest.raises(UnknownNameError, match="unknown pairing strategy 'hihgest'.*'highest'"):
+        PAIRINGS.check("hihgest")
+    with pytest.raises(UnknownNameError, match="unknown strategy 'best'"):
+        select_pairs(CROSSING, strategy="best")
+
+
+def test_depth_match_rounds_halves_up() -> None:
+    # 5 → 3 layers: layer i sits at depth i/4, i.e. target i/2: halves (1, 3) round UP, where
+    # Python's round() would give 0 and 2.
+    assert [depth_match(i, 5, 3) for i in range(5)] == [0, 1, 1, 2, 2]
+    assert [round(i * 2 / 4) for i in range(5)] == [0, 0, 1, 2, 2]  # half to even, for contrast
+    assert [depth_match(i, 3, 5) for i in range(3)] == [0, 2, 4]
+    assert [depth_match(i, 4, 4) for i in range(4)] == [0, 1, 2, 3]
+    assert depth_match(0, 1, 7) == 0 and depth_match(6, 7, 1) == 0
+    # The first and last layers always match each other.
+    for n_from, n_to in itertools.product(range(2, 9), repeat=2):
+        assert depth_match(0, n_from, n_to) == 0
+        assert depth_match(n_from - 1, n_from, n_to) == n_to - 1
+
+
+def test_depth_match_validation() -> None:
+    with pytest.raises(ValueError, match="layer 5 is out of range 0..4"):
+        depth_match(5, 5, 3)
+    with pytest.raises(ValueError, match="layer counts must be >= 1"):
+        depth_match(0, 0, 3)
+    with pytest.raises(TypeError):
+        depth_match(1.5, 5, 3)
+
+
+def test_depth_pairs_follow_depth_match() -> None:
+    for n_e, n_t, n_pairs in [(12, 28, 4), (28, 12, 4), (5, 3, 1), (7, 7, 3)]:
+        for i, j in depth_pairs(n_e, n_t, n_pairs, exclude_outer=1):
+            assert i == min(max(depth_match(j, n_t, n_e), 1), n_e - 2)

@@ -23,11 +23,9 @@ from transformers.generation.streamers import BaseStreamer
 from typer.testing import CliRunner
 
 import expertsteer
-from expertsteer import data as data_mod
 from expertsteer import io as io_mod
 from expertsteer.cli import app
 from expertsteer.data import Dataset, DataSpecError, Example, check_dataset, load_data
-from expertsteer.deps import MissingDependencyError, require
 from expertsteer.extract import extract
 from expertsteer.io import CorruptFileError, cache_root, write_json
 from expertsteer.models import ModelLoadError, load_model
@@ -361,36 +359,6 @@ def test_unknown_eval_task():
 def test_unknown_domain():
     with pytest.raises(DataSpecError, match=r"unknown domainsteer domain 'agricultural biotech'"):
         load_data("domainsteer:agricultural biotech")
-
-
-def test_missing_optional_dependencies(monkeypatch):
-    real = md.distribution
-
-    def distribution(name):
-        if name == "domainsteer":
-            raise md.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(data_mod.md, "distribution", distribution)
-    with pytest.raises(DataSpecError) as info:
-        load_data("domainsteer:3001")
-    assert str(info.value) == (
-        "this data needs the 'domainsteer' package: pip install domainsteer (or every data "
-        "package: pip install 'expertsteer[data]')"
-    )
-    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
-    with pytest.raises(MissingDependencyError) as info:
-        require("fastapi", "expertsteer serve")
-    msg = str(info.value)
-    assert msg.startswith("expertsteer serve needs the optional package 'fastapi'")
-    assert msg.endswith("install it with: pip install 'expertsteer[serve]'")
-    assert isinstance(info.value, ImportError)
-    with pytest.raises(MissingDependencyError, match="pip install nosuchpkg_xyz$"):
-        require("nosuchpkg_xyz.sub", "this feature")
-    serve = pytest.importorskip("expertsteer.serve")
-    lm = tiny_model("llama")
-    with pytest.raises(MissingDependencyError, match=r"pip install 'expertsteer\[serve\]'$"):
-        serve.create_app(lm, {})
 
 
 def test_unloadable_model_names():

@@ -32,6 +32,7 @@ import torch
 from . import __version__
 from .io import CorruptFileError, atomic_path, tensors_digest
 from .plan import ModelInfo, SteeringPlan
+from .registry import Registry
 
 ARCH = "controlvector"
 FORMAT_VERSION = 1
@@ -272,3 +273,8 @@ def import_gguf(
         config=saved.get("config", {}),
         provenance=provenance,
     )
+
+
+# The formats `expertsteer export --format` writes: name -> writer(plan, path, **options).
+EXPORT_FORMATS: Registry = Registry("export format")
+EXPORT_FORMATS.register("gguf", export_gguf, "a llama.cpp / repeng control vector")

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from .estimators import MIN_PER_CLASS, _holdout_split, auc
+from .estimators import auc, holdout_split
 from .extract import extract
 from .io import CorruptFileError, atomic_dir, load_tensors, save_tensors
 from .models import LoadedModel
 from .steer import generate
-from .types import Tensor
+from .types import MIN_PER_CLASS, Tensor
 
 __all__ = ["DomainGate", "GateDecision", "gated_generate"]
 
@@ -177,7 +177,7 @@ class DomainGate:
 
         gen = torch.Generator().manual_seed(self.seed)
         tr, va = (
-            t.numpy() for t in _holdout_split(torch.from_numpy(y), None, self.val_fraction, gen)
+            t.numpy() for t in holdout_split(torch.from_numpy(y), None, self.val_fraction, gen)
         )
         mean, scale = _standardise(X[tr])
         probe = self._probe((X[tr] - mean) / scale, y[tr])

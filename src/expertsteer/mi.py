@@ -1,7 +1,7 @@
 """Mutual information between hidden-state matrices.
 
-Two estimators (Gaussian via canonical correlations, and KSG), the expert x target layer MI
-matrix of step 2, and its heat-map. All values are in nats.
+Two estimators, registered in :data:`MI_ESTIMATORS` (Gaussian via canonical correlations, and
+KSG), the expert x target layer MI matrix of step 2, and its heat-map. All values are in nats.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from scipy.special import digamma
 from sklearn.neighbors import KDTree, NearestNeighbors
 from tqdm.auto import tqdm
 
+from expertsteer.registry import Registry, UnknownNameError
 from expertsteer.types import LayerPair, Tensor
 
-ESTIMATORS = ("gaussian", "ksg")
 _SHRINKAGE = 1e-3
 _KSG_K = 3
 _EXACT_PCA_MAX = 256
@@ -193,6 +193,14 @@ def ksg_mi(
     return _ksg(a, b, KDTree(a, metric="chebyshev"), KDTree(b, metric="chebyshev"), k)
 
 
+# Each entry is the pairwise estimator itself: MI_ESTIMATORS[name](x, y) -> nats.
+MI_ESTIMATORS: Registry[float] = Registry("MI estimator")
+MI_ESTIMATORS.register(
+    "gaussian", gaussian_mi, "Gaussian MI from canonical correlations (fast, the default)"
+)
+MI_ESTIMATORS.register("ksg", ksg_mi, "Kraskov-Stögbauer-Grassberger k-nearest-neighbour MI")
+
+
 def _check_layers(
     expert_layers: Sequence[Tensor], target_layers: Sequence[Tensor], n_components: int
 ) -> int:
@@ -255,8 +263,10 @@ def mi_matrix(
     reduced once; cell (i, j) equals `gaussian_mi` (or `ksg_mi` with k=3, seed=0) of that pair
     with the same `n_components`.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator not in MI_ESTIMATORS:
+        raise UnknownNameError(
+            f"unknown estimator {estimator!r}; choose one of {MI_ESTIMATORS.choices()}"
+        )
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
     n = _check_layers(expert_layers, target_layers, n_components)

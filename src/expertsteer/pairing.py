@@ -1,7 +1,8 @@
 """Choose intervention layer pairs (expert_layer, target_layer) from an MI matrix.
 
 The paper pairs LOW-MI layers; our measurements show a high-MI ridge along matching depths, so
-highest-MI, order-preserving (monotone) and depth-following pairings are offered as well.
+highest-MI, order-preserving (monotone) and depth-following pairings are offered as well. The
+strategy names are registered in :data:`PAIRINGS`; :func:`select_pairs` runs any of them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from expertsteer.registry import Registry, UnknownNameError
 from expertsteer.types import LayerPair, Tensor
 
-STRATEGIES = ("lowest", "highest", "monotone", "depth", "given")
+__all__ = [
+    "PAIRINGS",
+    "depth_match",
+    "depth_pairs",
+    "given_pairs",
+    "highest_mi_pairs",
+    "lowest_mi_pairs",
+    "monotone_pairs",
+    "select_pairs",
+]
 
 
 def _shape(mi: Tensor) -> tuple[int, int]:
@@ -127,6 +138,22 @@ def _round_div(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
 
 
+def depth_match(i: int, n_from: int, n_to: int) -> int:
+    """The layer of an ``n_to``-layer model at the relative depth of layer ``i`` of ``n_from``.
+
+    ``round(i / (n_from - 1) * (n_to - 1))`` with halves rounded UP (not Python's half-to-even),
+    computed exactly in integers; a one-layer model sits at depth 0. The one depth rule of the
+    package: step 1 aligns expert layer i with target layer ``depth_match(i, L_E, L_T)``, and
+    :func:`depth_pairs` pairs target layer j with expert layer ``depth_match(j, L_T, L_E)``.
+    """
+    i, n_from, n_to = operator.index(i), operator.index(n_from), operator.index(n_to)
+    if n_from < 1 or n_to < 1:
+        raise ValueError(f"layer counts must be >= 1, got n_from={n_from} and n_to={n_to}")
+    if not 0 <= i < n_from:
+        raise ValueError(f"layer {i} is out of range 0..{n_from - 1}")
+    return _round_div(i * (n_to - 1), max(n_from - 1, 1))
+
+
 def depth_pairs(
     n_expert_layers: int, n_target_layers: int, n_pairs: int = 4, *, exclude_outer: int = 1
 ) -> list[LayerPair]:
@@ -134,7 +161,7 @@ def depth_pairs(
 
     n_pairs target layers evenly spaced over the eligible range (first and last eligible layer
     included; the middle one when n_pairs == 1), each paired with the expert layer at the same
-    relative depth, round(j / (L_T - 1) * (L_E - 1)) (halves up), clipped to the eligible range.
+    relative depth, ``depth_match(j, L_T, L_E)`` (halves up), clipped to the eligible range.
     An expert layer may serve several target layers when the expert is shallower.
     """
     rows = _eligible(n_expert_layers, exclude_outer)
@@ -153,7 +180,7 @@ def depth_pairs(
         targets = [lo + _round_div(m * (hi - lo), n_pairs - 1) for m in range(n_pairs)]
     pairs = []
     for j in targets:
-        i = _round_div(j * (n_expert_layers - 1), n_target_layers - 1) if n_target_layers > 1 else 0
+        i = depth_match(j, n_target_layers, n_expert_layers)
         pairs.append((min(max(i, rows.start), rows.stop - 1), j))
     return _by_target(pairs)
 
@@ -198,14 +225,14 @@ def select_pairs(
     exclude_outer: int = 1,
     given: Sequence[LayerPair] | None = None,
 ) -> list[LayerPair]:
-    """Pick intervention pairs with one of `STRATEGIES`; the result is sorted by target layer.
+    """Pick intervention pairs with one of `PAIRINGS`; the result is sorted by target layer.
 
     "lowest", "highest" and "monotone" need `mi` [L_E, L_T]; "depth" and "given" only need the
     layer counts, taken from `mi` or from n_expert_layers / n_target_layers. `exclude_outer`
     blocks at both ends of both models are ineligible; "given" ignores exclude_outer and n_pairs.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in PAIRINGS:
+        raise UnknownNameError(f"unknown strategy {strategy!r}; choose one of {PAIRINGS.choices()}")
     if given is not None and strategy != "given":
         raise ValueError(f"given pairs are only used with strategy='given', not {strategy!r}")
     if mi is not None:
@@ -221,7 +248,7 @@ def select_pairs(
                     "[expert layers, target layers]"
                 )
         n_expert_layers, n_target_layers = shape
-    elif strategy in ("lowest", "highest", "monotone"):
+    elif strategy in _NEEDS_MI:
         raise ValueError(f"strategy {strategy!r} needs an MI matrix; pass mi or use 'depth'")
     if strategy in ("depth", "given") and (n_expert_layers is None or n_target_layers is None):
         raise ValueError(
@@ -234,5 +261,15 @@ def select_pairs(
         return given_pairs(given, n_expert_layers, n_target_layers)
     if strategy == "depth":
         return depth_pairs(n_expert_layers, n_target_layers, n_pairs, exclude_outer=exclude_outer)
-    choose = {"lowest": lowest_mi_pairs, "highest": highest_mi_pairs, "monotone": monotone_pairs}
-    return choose[strategy](mi, n_pairs, exclude_outer=exclude_outer)
+    return PAIRINGS[strategy](mi, n_pairs, exclude_outer=exclude_outer)
+
+
+# Each entry is the strategy's own function; their signatures differ (the MI-based ones take the
+# matrix, "depth" the layer counts, "given" the pairs), so select_pairs is the uniform entry.
+PAIRINGS: Registry[list[LayerPair]] = Registry("pairing strategy")
+PAIRINGS.register("lowest", lowest_mi_pairs, "the paper's rule: the lowest-MI cells, one-to-one")
+PAIRINGS.register("highest", highest_mi_pairs, "the highest-MI cells, one-to-one")
+PAIRINGS.register("monotone", monotone_pairs, "order-preserving pairs with the largest total MI")
+PAIRINGS.register("depth", depth_pairs, "layers at the same relative depth (needs no MI)")
+PAIRINGS.register("given", given_pairs, "the user's own (expert, target) pairs")
+_NEEDS_MI = frozenset({"lowest", "highest", "monotone"})

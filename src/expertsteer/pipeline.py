@@ -7,37 +7,93 @@ larger model; hidden states come from the on-disk cache when present.
 from __future__ import annotations
 
 import gc
+import inspect
 import operator
 import random
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .align import make_aligner
+from .align import ALIGNERS, Aligner
 from .data import Dataset, check_dataset, generic_texts
-from .estimators import auc, make_estimator
+from .estimators import ESTIMATORS, DirectionEstimator, auc
 from .extract import encode, extract, extract_to_cache
 from .io import load_tensors
-from .mi import mi_matrix
+from .mi import MI_ESTIMATORS, mi_matrix
 from .models import LoadedModel, load_model, load_tokenizer
-from .pairing import STRATEGIES, depth_pairs, select_pairs
+from .pairing import PAIRINGS, depth_match, depth_pairs, select_pairs
 from .plan import ModelInfo, SteeringPlan
+from .registry import Registry, UnknownNameError
 from .tokens import shared_token_ends
-from .types import LayerPair, Tensor
+from .types import LayerPair, ReadPosition, Tensor
 
 ModelRef = str | LoadedModel
+# encoded: the estimator on f_i(h^E_i) (target space); expert: in expert space, carried over.
 ROUTES = ("encoded", "expert")
-TARGET_METHODS = ("mean-diff", "pca", "logistic", "self-rfm")
+# The baselines: each estimator fitted on the target's own states, by method name. RFM's is
+# "self-rfm" (the paper's RFM on the target itself) and comes last, as before.
+_RENAMED = {"rfm": "self-rfm"}
+TARGET_METHODS: dict[str, str] = {
+    _RENAMED.get(e, e): e
+    for e in sorted(ESTIMATORS, key=lambda e: e in _RENAMED)
+    if e not in _RENAMED.values()
+}
+# The named read positions ("last", "mean"); explicit index lists are the other form.
+READ_POSITIONS: tuple[str, ...] = typing.get_args(typing.get_args(ReadPosition)[0])
+
+_T = TypeVar("_T")
 
 
-def _depth_match(i: int, n_from: int, n_to: int) -> int:
-    return round(i * (n_to - 1) / max(n_from - 1, 1))
+def build(registry: Registry[_T], spec: str | _T, seed: int) -> _T:
+    """A fresh aligner / estimator for one layer: from a name, with ``seed`` whenever the class
+    takes one; or a clone of an instance (its own hyper-parameters, seed included)."""
+    if not isinstance(spec, str):
+        return registry.make(spec)
+    takes_seed = "seed" in inspect.signature(registry[spec]).parameters
+    return registry.make(spec, **({"seed": seed} if takes_seed else {}))
+
+
+def spec_name(spec: object) -> str:
+    """A name or an instance as the plan's config records it."""
+    if isinstance(spec, str):
+        return spec
+    return str(getattr(spec, "name", None) or type(spec).__name__)
+
+
+def _spec_json(spec: object) -> Any:
+    if isinstance(spec, str):
+        return spec
+    params = getattr(spec, "get_params", dict)()
+    safe = {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+            for k, v in params.items()}  # fmt: skip
+    return {"name": spec_name(spec), "params": safe}
+
+
+def check_position(position: ReadPosition, n_texts: int) -> None:
+    """A read position the extraction accepts, checked before any model loads."""
+    if isinstance(position, str):
+        if position not in READ_POSITIONS:
+            raise ValueError(
+                f"position must be {' or '.join(map(repr, READ_POSITIONS))} or a list of index "
+                f"lists, not {position!r}"
+            )
+    elif len(position) != n_texts:
+        raise ValueError(f"position gives {len(position)} index lists for {n_texts} texts")
+
+
+def _check_name(registry: Registry, spec: object, what: str) -> None:
+    if isinstance(spec, str):
+        try:
+            registry.check(spec)
+        except UnknownNameError:
+            raise ValueError(f"{what} must be one of {registry.names}, not {spec!r}") from None
 
 
 def _alpha_defaults(states: Tensor, layers: Sequence[int], scale: float) -> tuple[dict, dict]:
@@ -70,15 +126,20 @@ class ExpertSteer:
 
     Hyper-parameters (sklearn style; nothing is learned in ``__init__``):
 
-    - ``aligner``: ``ridge`` (default; target-aware, best measured transfer), ``procrustes``,
-      ``paired-ae``, or ``ae`` (the paper's reconstruction-only auto-encoder, a baseline).
-      Paired aligners map expert layer i onto the target layer at the same relative depth.
+    - ``aligner``: a name in :data:`expertsteer.align.ALIGNERS` — ``ridge`` (default;
+      target-aware, best measured transfer), ``procrustes``, ``paired-ae``, or ``ae`` (the
+      paper's reconstruction-only auto-encoder, a baseline) — or an :class:`Aligner` instance
+      (cloned per layer, its hyper-parameters kept). Each expert layer i is mapped onto the
+      target layer at the same relative depth.
     - ``pairing``: ``depth`` / ``highest`` / ``monotone`` (follow the high-MI ridge), ``lowest``
       (the paper's rule) or ``given`` (``given_pairs``); ``n_pairs``; ``exclude_outer`` blocks.
-    - ``estimator``: ``rfm`` (the paper), ``mean-diff``, ``pca`` or ``logistic``.
+    - ``estimator``: a name in :data:`expertsteer.estimators.ESTIMATORS` (``rfm``, the
+      paper's, by default) or a :class:`DirectionEstimator` instance (cloned per pair).
     - ``route``: ``encoded`` (estimator on f_i(h^E_i), already in target space) or ``expert``
       (estimator in expert space, the vector carried over by the map's linear part).
     - ``alpha_scale``: default α per layer as a fraction of its mean residual norm.
+    - ``seed``: every seeded step (alignment texts and positions, and each aligner / estimator
+      built from a name that takes a seed).
     - ``align_texts``: texts for the alignment maps, separate from the contrast data
       (default: the library's generic text set), read up to ``align_max_length`` tokens, at most
       ``max_align_positions`` shared positions per text (the cost is the forward passes).
@@ -89,16 +150,16 @@ class ExpertSteer:
         expert: ModelRef,
         target: ModelRef,
         *,
-        aligner: str = "ridge",
+        aligner: str | Aligner = "ridge",
         pairing: str = "depth",
         n_pairs: int = 4,
         exclude_outer: int = 1,
         given_pairs: Sequence[LayerPair] | None = None,
-        estimator: str = "rfm",
+        estimator: str | DirectionEstimator = "rfm",
         route: str = "encoded",
         mi_estimator: str = "gaussian",
         mi_components: int = 16,
-        position: str = "last",
+        position: ReadPosition = "last",
         chat_template: bool = False,
         alpha_scale: float = 0.15,
         align_texts: Sequence[str] | None = None,
@@ -124,17 +185,19 @@ class ExpertSteer:
         out = {k: v for k, v in vars(self).items() if not k.endswith("_") and k not in skip}
         out["given_pairs"] = [list(p) for p in self.given_pairs] if self.given_pairs else None
         out["align_texts"] = "user" if self.align_texts is not None else "generic"
+        out["aligner"], out["estimator"] = _spec_json(self.aligner), _spec_json(self.estimator)
         return out
 
     def _check(self, data: Dataset) -> None:
         """Everything that can be checked before a model is loaded (minutes saved on a typo)."""
         check_dataset(data)
-        make_aligner(self.aligner)
-        make_estimator(self.estimator)
+        _check_name(ALIGNERS, self.aligner, "aligner")
+        _check_name(ESTIMATORS, self.estimator, "estimator")
+        _check_name(PAIRINGS, self.pairing, "pairing")
+        _check_name(MI_ESTIMATORS, self.mi_estimator, "mi_estimator")
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, not {self.route!r}")
-        if self.pairing not in STRATEGIES:
-            raise ValueError(f"pairing must be one of {STRATEGIES}, not {self.pairing!r}")
+        check_position(self.position, len(data))
         if (self.pairing == "given") != (self.given_pairs is not None):
             raise ValueError(
                 "pairing='given' and given_pairs go together: pass both, e.g. "
@@ -237,11 +300,10 @@ class ExpertSteer:
         t0 = time.perf_counter()
         L_E, L_T = ex.contrast.shape[0], tg.contrast.shape[0]
         aligners, quality = [], {}
-        for i in tqdm(range(L_E), desc=f"align ({self.aligner})", disable=not self.progress):
-            j = _depth_match(i, L_E, L_T)
-            a = make_aligner(
-                self.aligner, **({"seed": self.seed} if self.aligner != "ridge" else {})
-            )
+        desc = f"align ({spec_name(self.aligner)})"
+        for i in tqdm(range(L_E), desc=desc, disable=not self.progress):
+            j = depth_match(i, L_E, L_T)
+            a = build(ALIGNERS, self.aligner, self.seed)
             a.fit(ex.align[i], tg.align[j])
             aligners.append(a)
             quality[str(i)] = {"target_layer": j, **{k: float(v) for k, v in a.quality_.items()}}
@@ -308,10 +370,9 @@ class ExpertSteer:
         # Step 3: a direction per pair, from the expert's states only.
         t0 = time.perf_counter()
         vectors, stats = {}, {}
-        for i, j in tqdm(pairs, desc=f"vectors ({self.estimator})", disable=not self.progress):
-            est = make_estimator(
-                self.estimator, **({"seed": self.seed} if self.estimator != "mean-diff" else {})
-            )
+        desc = f"vectors ({spec_name(self.estimator)})"
+        for i, j in tqdm(pairs, desc=desc, disable=not self.progress):
+            est = build(ESTIMATORS, self.estimator, self.seed)
             if self.route == "encoded":
                 v = est.fit(self.encoded_[i], y, groups).direction_
             else:
@@ -319,7 +380,7 @@ class ExpertSteer:
                 v = self.aligners_[i].map_direction(direction)
             vectors[j] = v.float()
             tg_j = self.target_states_[j]
-            own = make_estimator("mean-diff").fit(tg_j, y, groups).direction_
+            own = ESTIMATORS.make("mean-diff").fit(tg_j, y, groups).direction_
             stats[str(j)] = {
                 "expert_layer": i,
                 **{f"expert_{k}": float(val) for k, val in est.stats_.items()},
@@ -384,21 +445,28 @@ def fit_target_only(
     target: ModelRef,
     data: Dataset,
     *,
-    method: str = "mean-diff",
+    method: str | DirectionEstimator = "mean-diff",
     layers: Sequence[int] | None = None,
     n_layers: int = 4,
     exclude_outer: int = 1,
-    position: str = "last",
+    position: ReadPosition = "last",
     chat_template: bool = False,
     alpha_scale: float = 0.15,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
 ) -> SteeringPlan:
-    """The baselines: a plan from the target's own states (CAA, RepE-PCA, ITI probe, self-RFM)."""
-    if method not in TARGET_METHODS:
-        raise ValueError(f"method must be one of {TARGET_METHODS}, not {method!r}")
+    """The baselines: a plan from the target's own states (CAA, RepE-PCA, ITI probe, self-RFM).
+
+    ``method``: a name in :data:`TARGET_METHODS` or a :class:`DirectionEstimator` instance
+    (cloned per layer, its hyper-parameters kept); ``seed`` goes to every estimator built from
+    a name that takes one."""
+    if isinstance(method, str) and method not in TARGET_METHODS:
+        raise ValueError(f"method must be one of {tuple(TARGET_METHODS)}, not {method!r}")
     check_dataset(data)
+    check_position(position, len(data))
+    estimator = TARGET_METHODS[method] if isinstance(method, str) else method
+    method_name = method if isinstance(method, str) else spec_name(method)
     t0 = time.perf_counter()
 
     def run(lm: LoadedModel):
@@ -425,10 +493,9 @@ def fit_target_only(
         return states, ModelInfo.of(lm), chosen
 
     states, info, layers = _with_model(target, run)
-    name = "rfm" if method == "self-rfm" else method
     vectors, stats = {}, {}
     for j in layers:
-        est = make_estimator(name, **({} if name == "mean-diff" else {"seed": seed}))
+        est = build(ESTIMATORS, estimator, seed)
         vectors[j] = est.fit(states[j], data.labels, data.groups).direction_.float()
         stats[str(j)] = {k: float(v) for k, v in est.stats_.items()}
     alphas, norms = _alpha_defaults(states, list(vectors), alpha_scale)
@@ -436,10 +503,10 @@ def fit_target_only(
         vectors=vectors,
         alphas=alphas,
         target=info,
-        method=method,
+        method=method_name,
         layer_norms=norms,
         config={
-            "method": method,
+            "method": _spec_json(method),
             "layers": list(layers),
             "position": position,
             "chat_template": chat_template,

@@ -1,26 +1,24 @@
 """SteeringPlan: what a fit produces — per target layer a unit vector and a default α.
 
-Plain data (safetensors + JSON, no pickle), so anything can produce or consume it.
+Plain data (safetensors + JSON, no pickle), so anything can produce or consume it. The plan
+owns its algebra (scaling, sums, :meth:`SteeringPlan.combine`) but knows nothing of hooks:
+:func:`expertsteer.steer.attach` puts a plan on a model.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import __version__
 from .io import CorruptFileError, load_tensors, save_tensors, write_json
 from .types import LayerPair, Tensor
-
-if TYPE_CHECKING:
-    from .models import LoadedModel
-    from .steer import Scope, SteeringHandle
 
 CONFIG_NAME = "steering_config.json"
 TENSORS_NAME = "steering_vectors.safetensors"
@@ -185,24 +183,36 @@ class SteeringPlan:
                 "this model, or pass strict=False to apply it anyway"
             )
 
-    # --- steering -------------------------------------------------------------------------
+    # --- what is added at inference ---------------------------------------------------------
 
-    def apply(
-        self,
-        lm: LoadedModel,
-        alpha: float = 1.0,
-        *,
-        layer_alphas: dict[int, float] | None = None,
-        scope: Scope = "all",
-        strict: bool = True,
-    ) -> SteeringHandle:
-        """Hook this plan into ``lm`` (see :func:`expertsteer.steer.attach`); a context manager.
+    @staticmethod
+    def combine(
+        terms: Sequence[tuple[SteeringPlan, Tensor]],
+        layer_alphas: Mapping[int, float] | None = None,
+    ) -> dict[int, Tensor]:
+        """Per layer ``j`` the additions ``[R, d] = C_j [R, P] @ V_j [P, d]``.
 
-        ``with plan.apply(lm, alpha=2.0, scope="prompt"): lm.model.generate(...)``
+        Each term is a plan and its per-row weight (a float64 ``[R]`` or ``[1]``); ``V_j``
+        stacks the unit vectors of the ``P`` plans that steer layer ``j`` and
+        ``C_j[r, p] = weight_p[r] · α_j^p`` (``layer_alphas[j]`` replacing every plan's
+        ``α_j``). So plans on one row sum their additions, as :meth:`__add__` does.
         """
-        from .steer import attach  # steer imports this module
-
-        return attach(lm, self, alpha=alpha, layer_alphas=layer_alphas, scope=scope, strict=strict)
+        layer_alphas = dict(layer_alphas or {})
+        layers = sorted({j for plan, _ in terms for j in plan.layers})
+        unknown = set(layer_alphas) - set(layers)
+        if unknown:
+            raise ValueError(f"layer_alphas names layers {sorted(unknown)} that no plan steers")
+        R = max(int(w.numel()) for _, w in terms)
+        deltas = {}
+        for j in layers:
+            on_j = [(plan, w) for plan, w in terms if j in plan.vectors]
+            V = torch.stack([plan.vectors[j] for plan, _ in on_j])
+            # float64 product then one rounding: the same float32 α_j·w as steering_vectors(w)
+            C = torch.stack(
+                [w.expand(R) * layer_alphas.get(j, plan.alphas[j]) for plan, w in on_j], dim=1
+            ).float()
+            deltas[j] = C @ V
+        return deltas
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -281,6 +291,10 @@ class SteeringPlan:
                 f"{cfg_path} does not describe a valid plan ({type(exc).__name__}: {exc}); "
                 "re-save it with save_pretrained or refit it"
             ) from exc
+
+
+# the same as a module function: ``combine(terms, layer_alphas)``
+combine = SteeringPlan.combine
 
 
 # Strict field readers for from_pretrained: a hand-edited or damaged file fails loudly here,

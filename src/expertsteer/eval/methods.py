@@ -1,67 +1,149 @@
-"""The methods an evaluation compares, by name, and the random-direction control."""
+"""The methods an evaluation compares, by name, and the random-direction control.
+
+One registry, :data:`METHODS`: the baselines, one target-only method per direction estimator
+(:data:`expertsteer.pipeline.TARGET_METHODS`, derived from the estimators' registry) and
+``expertsteer:<aligner>:<pairing>``, whose parts are checked against
+:data:`expertsteer.align.ALIGNERS` and :data:`expertsteer.pairing.PAIRINGS`. A new estimator,
+aligner or pairing is a method here with no edit to this file.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Literal
 
 import torch
 
+from ..align import ALIGNERS
 from ..data import DataSpecError
+from ..pairing import PAIRINGS
+from ..pipeline import TARGET_METHODS
 from ..plan import SteeringPlan
+from ..registry import Registry
 
 __all__ = [
-    "ALIGNERS",
-    "ALL_METHODS",
-    "PAIRINGS",
+    "DEFAULT_PAIRINGS",
+    "EVAL_PAIRINGS",
+    "METHODS",
+    "Method",
     "TARGET_ONLY",
     "parse_methods",
     "random_plan",
-    "split_expertsteer",
+    "resolve",
 ]
 
-TARGET_ONLY = ("mean-diff", "pca", "logistic", "self-rfm")
-ALIGNERS = ("ridge", "procrustes", "paired-ae", "ae")
-# depth: order-preserving by relative depth (our default); lowest: the paper's lowest-MI rule;
-# monotone: the order-preserving assignment along the MI matrix.
-PAIRINGS = ("depth", "lowest", "monotone")
+Kind = Literal["baseline", "target-only", "transfer"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: what it is called in the report and what it fits."""
+
+    name: str
+    kind: Kind
+    estimator: str | None = None  # target-only: the estimator fitted on the target's states
+    aligner: str | None = None  # transfer: ExpertSteer's aligner and pairing
+    pairing: str | None = None
+
+
+# Method name -> the estimator fitted on the target's own states (one per estimator).
+TARGET_ONLY: dict[str, str] = dict(TARGET_METHODS)
+# "given" needs explicit layer pairs, which a method name cannot carry.
+EVAL_PAIRINGS: tuple[str, ...] = tuple(p for p in PAIRINGS if p != "given")
 DEFAULT_PAIRINGS = ("depth", "lowest")
-ALL_METHODS = ("none", "prompt", "expert", *TARGET_ONLY, "expertsteer")
+
+METHODS: Registry[Method] = Registry("method")
+METHODS.register("none", partial(Method, "none", "baseline"), "the target alone")
+METHODS.register(
+    "prompt", partial(Method, "prompt", "baseline"), "the target with the task's instruction"
+)
+METHODS.register("expert", partial(Method, "expert", "baseline"), "the expert answers itself")
+for _name, _est in TARGET_ONLY.items():
+    METHODS.register(
+        _name,
+        partial(Method, _name, "target-only", estimator=_est),
+        f"steering by the target's own {_est} direction",
+    )
+
+
+def _expertsteer(aligner: str, pairing: str) -> Method:
+    return Method(f"expertsteer:{aligner}:{pairing}", "transfer", aligner=aligner, pairing=pairing)
+
+
+METHODS.register(
+    "expertsteer",
+    _expertsteer,
+    f"expertsteer[:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>]] — the expert's "
+    "vector through an aligner (all of them when left out) and the pairings given",
+)
+
+
+def methods_help() -> str:
+    """The comma-list forms ``--methods`` accepts, from the registries."""
+    plain = ",".join(n for n in METHODS if n != "expertsteer")
+    return (
+        f"Comma list of {plain}, expertsteer (every aligner × --pairings), "
+        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], or all."
+    )
+
+
+def _unknown(name: str) -> DataSpecError:
+    return DataSpecError(
+        f"unknown method {name!r}: use {METHODS.choices()}, "
+        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>]"
+    )
+
+
+def _check_pairing(pairing: str, where: str) -> None:
+    if pairing not in EVAL_PAIRINGS:
+        raise DataSpecError(f"unknown pairing {pairing!r} in {where!r}: use {EVAL_PAIRINGS}")
+
+
+def resolve(name: str) -> Method:
+    """The :class:`Method` a full name (as :func:`parse_methods` returns it) stands for."""
+    head, _, rest = name.partition(":")
+    if head == "expertsteer":
+        aligner, _, pairing = rest.partition(":")
+        if aligner not in ALIGNERS or not pairing:
+            raise _unknown(name)
+        _check_pairing(pairing, name)
+        return METHODS.make("expertsteer", aligner=aligner, pairing=pairing)
+    if rest or name not in METHODS:
+        raise _unknown(name)
+    return METHODS.make(name)
 
 
 def parse_methods(
     spec: str | Sequence[str], pairings: Sequence[str] = DEFAULT_PAIRINGS
 ) -> list[str]:
     """Expand a comma list: ``expertsteer`` → every aligner × ``pairings``;
-    ``expertsteer:ridge`` → ridge × ``pairings``; ``expertsteer:ae:lowest`` is one variant."""
+    ``expertsteer:ridge`` → ridge × ``pairings``; ``expertsteer:ae:lowest`` is one variant;
+    ``all`` → every method. Unknown names fail here, before any model is loaded."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        names = list(METHODS)
     out: list[str] = []
     for name in filter(None, names):
-        if name in ALL_METHODS and name != "expertsteer":
-            out.append(name)
-            continue
         head, _, rest = name.partition(":")
+        if head != "expertsteer":
+            out.append(resolve(name).name)
+            continue
         aligner, _, pairing = rest.partition(":")
-        if head != "expertsteer" or (aligner and aligner not in ALIGNERS):
-            raise DataSpecError(
-                f"unknown method {name!r}: use {', '.join(ALL_METHODS)}, "
-                f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(PAIRINGS)}>]"
-            )
-        if pairing and pairing not in PAIRINGS:
-            raise DataSpecError(f"unknown pairing {pairing!r} in {name!r}: use {PAIRINGS}")
+        if aligner and aligner not in ALIGNERS:
+            raise _unknown(name)
+        if pairing:
+            _check_pairing(pairing, name)
+        for p in [] if pairing else pairings:
+            _check_pairing(p, "--pairings")
         for a in [aligner] if aligner else ALIGNERS:
             for p in [pairing] if pairing else pairings:
-                out.append(f"expertsteer:{a}:{p}")
+                out.append(resolve(f"expertsteer:{a}:{p}").name)
     out = list(dict.fromkeys(out))
     if not out:
         raise DataSpecError("no methods given")
     return out
-
-
-def split_expertsteer(name: str) -> tuple[str, str]:
-    """``expertsteer:<aligner>:<pairing>`` → (aligner, pairing)."""
-    _, aligner, pairing = name.split(":")
-    return aligner, pairing
 
 
 def random_plan(plan: SteeringPlan, seed: int) -> SteeringPlan:

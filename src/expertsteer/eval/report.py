@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from ..plan import SteeringPlan
+    from .runner import EvalResult
 
 __all__ = ["markdown_table", "write_report"]
 
@@ -99,7 +103,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plots(report: dict[str, Any], out: Path) -> list[str]:
+def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,8 +152,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
     made.append("accuracy.png")
 
-    plan = report.get("_mi_plan")
-    if plan is not None:
+    if plan is not None and plan.mi_matrix is not None:
         from ..mi import plot_mi_matrix
 
         plot_mi_matrix(
@@ -163,16 +166,21 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
-def write_report(report: dict[str, Any], out: str | Path) -> Path:
+def write_report(result: EvalResult | dict[str, Any], out: str | Path) -> Path:
     """Write ``results.json``, ``results.md``, the PNG plots and the tuned plans
-    (``plans/<method>/``, usable with ``expertsteer generate --steer``) into ``out``."""
+    (``plans/<method>/``, usable with ``expertsteer generate --steer``) into ``out``.
+
+    ``result`` is what :func:`run_eval` returns, or a bare report dict (then no plans and
+    no MI heat-map are written)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = dict(report)
-    report["plots"] = _plots(report, out)
-    report.pop("_mi_plan", None)
+    if isinstance(result, dict):
+        report, plans, mi_plan = dict(result), {}, None
+    else:
+        report, plans, mi_plan = dict(result.report), result.plans, result.mi_plan
+    report["plots"] = _plots(report, out, mi_plan)
     report["plans"] = {}
-    for name, plan in report.pop("_plans", {}).items():
+    for name, plan in plans.items():
         folder = "plans/" + name.replace(":", "_")
         plan.save_pretrained(out / folder)
         report["plans"][name] = folder

@@ -7,6 +7,7 @@ resumes without recomputing them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +21,12 @@ from ..models import LoadedModel, load_model
 from ..pipeline import ExpertSteer, fit_target_only
 from ..plan import SteeringPlan
 from ..tune import tune
-from .methods import TARGET_ONLY, parse_methods, random_plan, split_expertsteer
+from .methods import DEFAULT_PAIRINGS, parse_methods, random_plan, resolve
 from .scoring import NORMS, concept_margin, generation_scores, mc_correct, option_logprobs
 from .stats import bootstrap_ci, paired_bootstrap_p, ratio_ci
 from .tasks import Task, load_task
 
-__all__ = ["EvalConfig", "run_eval"]
+__all__ = ["EvalConfig", "EvalResult", "run_eval"]
 
 
 @dataclass
@@ -37,7 +38,7 @@ class EvalConfig:
     expert: str | LoadedModel | None = None
     train_data: str | None = None  # a data spec; None: the task's own train split as pairs
     methods: str | Sequence[str] = "all"
-    pairings: Sequence[str] = ("depth", "lowest")
+    pairings: Sequence[str] = DEFAULT_PAIRINGS
     limit: int | None = None
     seed: int = 0
     alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -50,13 +51,40 @@ class EvalConfig:
     align_texts: int = 192  # generic alignment texts per ExpertSteer fit
 
     def method_names(self) -> list[str]:
-        from .methods import ALL_METHODS
-
-        spec = ",".join(ALL_METHODS) if self.methods == "all" else self.methods
-        names = parse_methods(spec, self.pairings)
+        """The full method names compared (those needing an expert dropped when there is none)."""
+        names = parse_methods(self.methods, self.pairings)
         if self.expert is None:
-            names = [n for n in names if n != "expert" and not n.startswith("expertsteer")]
+            names = [n for n in names if n != "expert" and resolve(n).kind != "transfer"]
         return names
+
+    def check(self) -> list[str]:
+        """Every setting a user typed, checked before a model loads; the method names."""
+        names = self.method_names()
+        alphas = list(self.alphas)
+        if not alphas or not all(isinstance(a, (int, float)) and math.isfinite(a) for a in alphas):
+            raise ValueError(f"alphas must be a non-empty list of finite numbers, not {alphas}")
+        counts = list(self.layer_counts)
+        if (
+            not counts
+            or any(isinstance(k, bool) or not isinstance(k, int) for k in counts)
+            or (min(counts) < 1)
+        ):
+            raise ValueError(f"layer counts must be whole numbers >= 1, not {counts}")
+        if self.n_pairs < 1 or self.n_nulls < 0:
+            raise ValueError(
+                f"need n_pairs >= 1 and n_nulls >= 0, not {self.n_pairs} and {self.n_nulls}"
+            )
+        return names
+
+
+@dataclass
+class EvalResult:
+    """What :func:`run_eval` returns: the JSON-ready report and the live plans behind it."""
+
+    report: dict[str, Any]  # see :func:`expertsteer.eval.write_report`
+    # The tuned plans (α and layers as chosen on validation) that steer, by method name.
+    plans: dict[str, SteeringPlan] = field(default_factory=dict)
+    mi_plan: SteeringPlan | None = None  # the first transfer plan with an MI matrix (heat-map)
 
 
 @dataclass
@@ -117,10 +145,10 @@ def run_eval(
     *,
     progress: bool = True,
     on_step: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run the comparison and return the report (see :func:`expertsteer.eval.write_report`)."""
+) -> EvalResult:
+    """Run the comparison; the report and the tuned plans (see :func:`write_report`)."""
     t_start = time.perf_counter()
-    methods = config.method_names()
+    methods = config.check()
     task = load_task(config.task, seed=config.seed)
     train, val, test = task.split(seed=config.seed, limit=config.limit)
     contrast = (
@@ -136,7 +164,7 @@ def run_eval(
     step = on_step or (lambda _: None)
 
     target = _load(config.target)
-    needs_expert = any(m == "expert" or m.startswith("expertsteer") for m in methods)
+    needs_expert = any(m == "expert" or resolve(m).kind == "transfer" for m in methods)
     expert = _load(config.expert) if needs_expert and config.expert is not None else None
 
     def scorers(lm: LoadedModel) -> tuple[_Scorer, _Scorer]:
@@ -193,6 +221,7 @@ def run_eval(
 
     for name in methods:
         t0 = time.perf_counter()
+        method = resolve(name)
         if name == "none":
             rows.append({"name": name, "kind": "baseline", "correct": test_s.correct()})
         elif name == "prompt":
@@ -204,7 +233,7 @@ def run_eval(
             if expert_test is None:
                 continue
             rows.append({"name": name, "kind": "baseline", "correct": expert_test.correct()})
-        elif name in TARGET_ONLY:
+        elif method.kind == "target-only":
             plan = fit_target_only(
                 target,
                 contrast,
@@ -216,8 +245,8 @@ def run_eval(
             )
             tuned(name, plan, "target-only")
         else:
-            aligner, pairing = split_expertsteer(name)
-            assert expert is not None
+            aligner, pairing = method.aligner, method.pairing
+            assert expert is not None and aligner is not None and pairing is not None
             if aligner not in estimators:
                 estimators[aligner] = ExpertSteer(
                     expert,
@@ -264,11 +293,11 @@ def run_eval(
         "library_version": __version__,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    if mi_plan is not None and mi_plan.mi_matrix is not None:
-        report["_mi_plan"] = mi_plan  # for the heat-map; not serialised
-    # The tuned plans (α and layers as chosen on validation), saved beside the report.
-    report["_plans"] = {name: plan for name, plan in plans.items() if any(plan.alphas.values())}
-    return report
+    return EvalResult(
+        report=report,
+        plans={name: plan for name, plan in plans.items() if any(plan.alphas.values())},
+        mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
+    )
 
 
 def _controls(

