@@ -14,6 +14,7 @@ _PUBLIC = {
     "ExpertSteer": "pipeline",
     "fit_target_only": "pipeline",
     "SteeringPlan": "plan",
+    "attach": "steer",
     "load_model": "models",
     "wrap_model": "models",
     "extract": "extract",

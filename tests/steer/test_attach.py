@@ -219,3 +219,11 @@ def test_no_hooks_left_after_a_failed_plan_load(tmp_path):
     with pytest.raises(ValueError, match="alpha must be finite"):
         attach(lm, plan_with_norms(lm), alpha=float("nan"))
     assert n_hooks(lm) == 0
+
+
+def test_attach_is_public_at_the_top_level():
+    import expertsteer
+    from expertsteer.steer.attach import attach as attach_impl
+
+    assert expertsteer.attach is attach_impl
+    assert "attach" in expertsteer.__all__
