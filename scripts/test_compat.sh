@@ -13,5 +13,5 @@ pip install -q -e ".[dev]" "transformers==$version"
 pip install -q --no-deps repeng==0.4.0  # as in setup.sh: the GGUF export checks
 "$venv/bin/python" -c "import transformers as t; assert t.__version__ == '$version', t.__version__"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not real" \
-  tests/test_models.py tests/test_layers.py tests/test_extract.py tests/test_steer.py \
+  tests/test_models.py tests/test_layers.py tests/test_extract.py tests/steer tests/test_plan.py \
   tests/test_export.py
