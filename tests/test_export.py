@@ -1,10 +1,15 @@
 """GGUF control-vector export/import, checked against repeng's own reader, writer and hooks."""
 
 import importlib
+import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from expertsteer.cli import app
@@ -12,7 +17,7 @@ from expertsteer.export import export_gguf, import_gguf, read_gguf
 from expertsteer.extract import extract
 from expertsteer.io import CorruptFileError
 from expertsteer.models import load_model
-from expertsteer.plan import ModelInfo, SteeringPlan
+from expertsteer.plan import CONFIG_NAME, TENSORS_NAME, ModelInfo, SteeringPlan
 from expertsteer.steer import attach
 from tiny import tiny_model
 
@@ -292,3 +297,143 @@ def test_cli_export_and_import(tmp_path, lm):
     back = SteeringPlan.from_pretrained(tmp_path / "back")
     assert back.alphas == plan.alphas
     assert all(torch.equal(back.vectors[j], plan.vectors[j]) for j in plan.layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# fuzzing: damaged GGUF files and any plan metadata give a plan or a clear error
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# plan loader: a valid plan or a CorruptFileError
+
+
+def _fuzz_plan() -> SteeringPlan:
+    gen = torch.Generator().manual_seed(0)
+    vectors = {j: torch.randn(8, generator=gen) for j in (1, 2)}
+    vectors = {j: v / v.norm() for j, v in vectors.items()}
+    return SteeringPlan(
+        vectors=vectors,
+        alphas={1: 0.5, 2: -1.5},
+        target=ModelInfo("tiny", "abc", n_layers=4, hidden_size=8),
+        expert=ModelInfo("exp", "def", n_layers=6, hidden_size=12),
+        pairs=[(2, 1), (4, 2)],
+        layer_norms={1: 3.0, 2: 4.0},
+        mi_matrix=torch.rand(6, 4, generator=gen, dtype=torch.float64),
+        config={"aligner": "ridge"},
+        provenance={"data": "x"},
+    )
+
+
+_SAVED: dict[str, bytes] = {}
+
+
+def _saved() -> dict[str, bytes]:
+    if CONFIG_NAME not in _SAVED:
+        with tempfile.TemporaryDirectory() as d:
+            _fuzz_plan().save_pretrained(d)
+            _SAVED.update({n: (Path(d) / n).read_bytes() for n in (CONFIG_NAME, TENSORS_NAME)})
+    return _SAVED
+
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF control vectors (export.py): a plan or a clear error
+
+
+def _gguf_bytes() -> bytes:
+    export = pytest.importorskip("expertsteer.export")
+    if "gguf" not in _SAVED:
+        with tempfile.TemporaryDirectory() as d:
+            export.export_gguf(_fuzz_plan(), Path(d) / "v.gguf")
+            _SAVED["gguf"] = (Path(d) / "v.gguf").read_bytes()
+    return _SAVED["gguf"]
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(
+    cut=st.one_of(st.none(), st.floats(0, 1, exclude_max=True)),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=4),
+    with_target=st.booleans(),
+)
+def test_damaged_gguf_control_vectors(cut, edits, with_target):
+    raw = bytearray(_gguf_bytes())
+    for where, byte in edits:
+        raw[int(where * len(raw))] = byte
+    if cut is not None:
+        raw = raw[: int(len(raw) * cut)]
+    from expertsteer.export import import_gguf
+
+    target = _fuzz_plan().target if with_target else None
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "v.gguf"
+        path.write_bytes(bytes(raw))
+        try:
+            plan = import_gguf(path, target)
+        except ValueError as exc:
+            mismatch = ("for another model", "beyond", "pass target=")
+            assert isinstance(exc, CorruptFileError) or any(m in str(exc) for m in mismatch), exc
+            return
+    assert all(torch.isfinite(v).all() for v in plan.vectors.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# GGUF plan metadata
+
+
+@pytest.mark.fuzz
+@settings(max_examples=40, deadline=None)
+@given(saved=json_values, mutate=st.sampled_from(["replace", "target", "alphas", "expert"]))
+def test_gguf_plan_metadata_of_any_shape(saved, mutate):
+    """Our GGUF files carry the plan's JSON; whatever it holds, import gives a plan or an error."""
+    export = pytest.importorskip("expertsteer.export")
+    import gguf
+    import numpy as np
+
+    from expertsteer.io import tensors_digest
+
+    plan = _fuzz_plan()
+    meta = json.loads(_saved()[CONFIG_NAME])
+    if mutate != "replace" and isinstance(meta, dict):
+        meta[mutate] = saved
+        saved = meta
+    tensors = {f"direction.{j}": v for j, v in plan.vectors.items()}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "v.gguf"
+        writer = gguf.GGUFWriter(path, export.ARCH)
+        writer.add_uint32(f"{export.ARCH}.layer_count", len(tensors))
+        writer.add_uint32(export.KEY_VERSION, export.FORMAT_VERSION)
+        writer.add_bool(export.KEY_BAKED, False)
+        writer.add_string(export.KEY_PLAN, json.dumps(saved))
+        writer.add_string(export.KEY_DIGEST, tensors_digest(tensors))
+        for name, t in tensors.items():
+            writer.add_tensor(name, t.numpy().astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        try:
+            export.import_gguf(path)
+        except ValueError as exc:
+            mismatch = ("for another model", "beyond", "pass target=")
+            assert isinstance(exc, CorruptFileError) or any(m in str(exc) for m in mismatch), exc

@@ -72,7 +72,8 @@ class Registry(Generic[T]):
         if isinstance(spec, str):
             return self[spec](**kwargs)
         if kwargs:
-            raise TypeError(f"keyword arguments {sorted(kwargs)} only go with a {self.what} name")
+            what = f"keyword arguments {sorted(kwargs)}"
+            raise TypeError(f"{what} only go with a name of a {self.what}")
         clone = getattr(spec, "clone", None)
         return clone() if callable(clone) else copy.deepcopy(spec)
 
