@@ -10,13 +10,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from expertsteer.cli import app
 from expertsteer.export import export_gguf, import_gguf, read_gguf
 from expertsteer.extract import extract
 from expertsteer.io import CorruptFileError
-from expertsteer.models import load_model
 from expertsteer.plan import CONFIG_NAME, TENSORS_NAME, ModelInfo, SteeringPlan
 from expertsteer.steer import attach
 from tiny import tiny_model
@@ -266,37 +263,6 @@ def test_overwrite_is_atomic(tmp_path, lm, monkeypatch):
         export_gguf(make_plan(lm, {2: 5.0}), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.gguf"]
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-
-
-def test_cli_export_and_import(tmp_path, lm):
-    folder = tmp_path / "model"
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    target = load_model(folder)
-    plan = make_plan(target)
-    plan.save_pretrained(tmp_path / "plan")
-    runner = CliRunner()
-    out = tmp_path / "v.gguf"
-    args = ["export", "--steer", str(tmp_path / "plan"), "--format", "gguf", "--out", str(out)]
-    res = runner.invoke(app, [*args, "--alpha", "0.5"])
-    assert res.exit_code == 0, res.output
-    assert torch.equal(read_gguf(out)[0][3], plan.steering_vectors(0.5)[3])
-    res = runner.invoke(app, [*args, "--no-bake-alpha"])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, [*args, "--no-bake-alpha", "--alpha", "2"])
-    assert res.exit_code == 1 and "baked" in res.output
-    res = runner.invoke(app, [*args[:-2], "--format", "safetensors", "--out", str(out)])
-    assert res.exit_code != 0 and "gguf" in res.output
-    res = runner.invoke(
-        app, ["import-gguf", str(out), "--target", str(folder), "--out", str(tmp_path / "back")]
-    )
-    assert res.exit_code == 0, res.output
-    back = SteeringPlan.from_pretrained(tmp_path / "back")
-    assert back.alphas == plan.alphas
-    assert all(torch.equal(back.vectors[j], plan.vectors[j]) for j in plan.layers)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
+import warnings
+
 import pytest
 import torch
 
+from expertsteer import extract as extract_mod
 from expertsteer.extract import encode, extract, extract_to_cache
 from expertsteer.io import cache_root, load_tensors, save_tensors
-from tiny import ARCHS, ENCODERS, tiny_model
+from tiny import ARCHS, ENCODERS, n_hooks, tiny_model
 
 TEXTS = ["hello world", "a b c d e f g h", "x", "The quick brown fox jumps", "no"]
 PARITY_ARCHS = ["llama", "qwen2", "gemma3", "gpt2", "gpt_neox", "opt", "phi3", "bert"]
@@ -200,3 +203,73 @@ def test_encoders_are_encoders():
     for arch in ENCODERS:
         assert tiny_model(arch).kind == "encoder"
     assert all(tiny_model(a).kind == "causal" for a in set(ARCHS) - ENCODERS)
+
+
+# --- reliability (from tests/test_reliability.py) ---------------------------------------------
+
+
+def test_nan_hidden_states_from_float16():
+    lm = tiny_model("gpt2")
+    lm.model.half()
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.mul_(300)  # overflows float16 on the way through the blocks
+    with pytest.raises(FloatingPointError) as info:
+        extract(lm, ["hello world", "abc"], progress=False)
+    msg = str(info.value)
+    assert "tiny-gpt2 produced NaN/inf hidden states (first at layer" in msg
+    assert "dtype float16); float16 overflows in many models: load it with dtype=" in msg
+    assert "torch.float32 or torch.bfloat16 (expertsteer's default is float32)" in msg
+    assert not list((cache_root() / "states").glob("*.safetensors"))  # nothing bad is cached
+    assert n_hooks(lm) == 0
+
+
+def test_unknown_layer_indices():
+    """The extract part of test_reliability.py::test_unknown_layer_indices (its pipeline, plan
+    and attach parts are in tests/test_pipeline.py, tests/test_plan.py, tests/steer/)."""
+    lm = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"out of range: tiny-llama has 3 layers \(0\.\.2\)"):
+        extract(lm, ["ab"], layers=[7], progress=False)
+
+
+def _cached_states(lm, texts, monkeypatch) -> tuple[torch.Tensor, int]:
+    """extract() through the cache, counting the forward passes it ran."""
+    calls = []
+    real = extract_mod._forward_states
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(extract_mod, "_forward_states", counting)
+    out = extract(lm, texts, progress=False)
+    monkeypatch.setattr(extract_mod, "_forward_states", real)
+    return out, len(calls)
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "truncated", "other content", "empty"])
+def test_damaged_cache_entry_is_recomputed_with_a_warning(damage, monkeypatch):
+    lm = tiny_model("llama")
+    texts = ["hello world", "abc def", "x y z"]
+    first, n = _cached_states(lm, texts, monkeypatch)
+    assert n > 0
+    (path,) = (cache_root() / "states").glob("*.safetensors")
+    raw = path.read_bytes()
+    if damage == "flipped bytes":
+        raw = raw[:-8] + b"\xff" * 8
+    elif damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "empty":
+        raw = b""
+    else:  # a valid file without the states tensor
+        save_tensors(path, {"other": torch.zeros(2)})
+        raw = path.read_bytes()
+    path.write_bytes(raw)
+    with pytest.warns(UserWarning, match="damaged cache entry, recomputing it: "):
+        again, n = _cached_states(lm, texts, monkeypatch)
+    assert n > 0 and torch.equal(again, first)
+    with warnings.catch_warnings():  # the entry was rewritten whole: a clean cache hit
+        warnings.simplefilter("error")
+        cached, n = _cached_states(lm, texts, monkeypatch)
+    assert n == 0 and torch.equal(cached, first)
+    assert not list(path.parent.glob("*.tmp"))

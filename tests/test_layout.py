@@ -122,9 +122,6 @@ def mirrored_test(path: Path) -> Path:
     return TESTS.joinpath(*rel.parts[:-1], f"test_{rel.stem}.py")
 
 
-@pytest.mark.xfail(
-    reason="issue 14 in progress: cli/, eval/, serve/responses test files not split yet"
-)
 def test_every_source_module_has_its_mirrored_test_file():
     missing = [
         f"{p.relative_to(ROOT)} -> {mirrored_test(p).relative_to(ROOT)}"

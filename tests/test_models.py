@@ -65,3 +65,10 @@ def test_unknown_name_offline_names_the_catalog(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="smollm2-135m"):
         load_model("smollm2-13m")
+
+
+def test_unloadable_model_names(tmp_path, monkeypatch):
+    """From tests/test_reliability.py: the message names both readings of the string."""
+    monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match="is neither a catalog model .*an existing path"):
+        load_model("./no/such/folder")

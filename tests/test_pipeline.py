@@ -1,46 +1,30 @@
-import json
-import random
-
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from expertsteer.cli import app
-from expertsteer.data import Dataset, Example
+from expertsteer.align import Aligner, Ridge
+from expertsteer.estimators import RFM, DirectionEstimator
 from expertsteer.pipeline import ExpertSteer, fit_target_only
 from expertsteer.plan import PlanMismatchError, SteeringPlan
-from tiny import tiny_model
-
-POS = ["good", "great", "nice", "happy", "love", "fine", "best"]
-NEG = ["bad", "awful", "sad", "hate", "worst", "poor", "ugly"]
-NEUTRAL = ["the", "cat", "sat", "on", "a", "mat", "then", "ran", "to", "house", "tree", "blue"]
-
-
-def synthetic(n=40, seed=0) -> Dataset:
-    rng = random.Random(seed)
-    examples = []
-    for k in range(n):
-        words = rng.sample(NEUTRAL, 3) + rng.sample(POS if k % 2 == 0 else NEG, 2)
-        rng.shuffle(words)
-        examples.append(Example(text=" ".join(words) + f" {k}", label=int(k % 2 == 0), group=None))
-    return Dataset(spec="synthetic", kind="labelled", examples=tuple(examples))
-
-
-def align_texts(n=50, seed=1):
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(NEUTRAL + POS + NEG, k=8)) + f" #{k}" for k in range(n)]
+from tiny import align_texts, n_hooks, pair_models, plan_files_equal, synthetic, tiny_model
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(request, tmp_path, monkeypatch):
+    """An empty cache per test; tiny models run on one thread (extra threads only spin on a
+    busy machine)."""
     monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
+    if request.node.get_closest_marker("real"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def models():
-    return tiny_model("gpt2", seed=0, d=48, n_layers=5), tiny_model(
-        "llama", seed=1, d=32, n_layers=4
-    )
+    return pair_models()
 
 
 @pytest.mark.parametrize(
@@ -142,54 +126,6 @@ def test_target_only_baselines(models, method):
     assert all(abs(float(v.norm()) - 1) < 1e-5 for v in plan.vectors.values())
 
 
-def test_cli_fit_on_local_folders(models, tmp_path):
-    expert, target = models
-    for lm, name in ((expert, "expert"), (target, "target")):
-        lm.model.save_pretrained(tmp_path / name)
-        lm.tokenizer.save_pretrained(tmp_path / name)
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "\n".join(json.dumps({"text": e.text, "label": e.label}) for e in synthetic().examples)
-    )
-    align = tmp_path / "align.txt"
-    align.write_text("\n".join(align_texts()))
-    result = CliRunner().invoke(
-        app,
-        [
-            "fit",
-            "--expert",
-            str(tmp_path / "expert"),
-            "--target",
-            str(tmp_path / "target"),
-            "--data",
-            str(data),
-            "--align-data",
-            str(align),
-            "--pairs",
-            "2",
-            "--out",
-            str(tmp_path / "plan"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "MI matrix (5, 4)" in result.output
-    plan = SteeringPlan.from_pretrained(tmp_path / "plan")
-    assert len(plan.layers) == 2 and (tmp_path / "plan" / "mi_matrix.png").stat().st_size > 1000
-    bad = CliRunner().invoke(
-        app,
-        [
-            "fit",
-            "--target",
-            str(tmp_path / "target"),
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "x"),
-        ],
-    )
-    assert bad.exit_code != 0 and "--expert" in bad.output
-
-
 @pytest.mark.real
 def test_real_cross_family_fit(tmp_path):
     from expertsteer.data import generic_texts, load_data
@@ -234,3 +170,125 @@ def test_replan_reuses_states_and_matches_a_fresh_fit(models):
     assert not torch.equal(null.vectors[plan.layers[0]], plan.vectors[plan.layers[0]])
     with pytest.raises(ValueError, match="texts the estimator was fitted on"):
         est.replan(data.subset(range(4)))
+
+
+# --- the seed reaches every aligner and estimator built from a name --------------------------
+
+
+def fitted_seeds(monkeypatch) -> list[tuple[str, int | None]]:
+    """(class, seed) of every aligner and direction estimator fitted from now on."""
+    seen = []
+    for base in (Aligner, DirectionEstimator):
+
+        def spy(self, *args, _real=base.fit, **kwargs):
+            seen.append((type(self).__name__, self.get_params().get("seed")))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(base, "fit", spy)
+    return seen
+
+
+def test_the_seed_reaches_every_ridge_aligner_and_estimator(models, monkeypatch):
+    expert, target = models
+    seen = fitted_seeds(monkeypatch)
+    est = ExpertSteer(
+        expert,
+        target,
+        aligner="ridge",
+        estimator="rfm",
+        n_pairs=2,
+        seed=7,
+        align_texts=align_texts(),
+        progress=False,
+    )
+    est.fit(synthetic())
+    assert [type(a) for a in est.aligners_] == [Ridge] * expert.n_layers
+    assert [a.seed for a in est.aligners_] == [7] * expert.n_layers
+    assert seen.count(("Ridge", 7)) == expert.n_layers
+    assert seen.count(("RFM", 7)) == 2  # one per pair
+    assert {s for name, s in seen if name in ("Ridge", "RFM")} == {7}
+    seen.clear()
+    fit_target_only(target, synthetic(), method="logistic", n_layers=2, seed=7, progress=False)
+    assert seen == [("Logistic", 7), ("Logistic", 7)]
+
+
+def test_an_aligner_or_estimator_instance_keeps_its_own_seed(models, monkeypatch):
+    expert, target = models
+    seen = fitted_seeds(monkeypatch)
+    est = ExpertSteer(
+        expert,
+        target,
+        aligner=Ridge(seed=3),
+        estimator=RFM(seed=4),
+        n_pairs=2,
+        seed=7,
+        align_texts=align_texts(),
+        progress=False,
+    )
+    est.fit(synthetic())
+    assert [(type(a), a.seed) for a in est.aligners_] == [(Ridge, 3)] * expert.n_layers
+    assert seen.count(("Ridge", 3)) == expert.n_layers and seen.count(("RFM", 4)) == 2
+    assert {s for name, s in seen if name in ("Ridge", "RFM")} == {3, 4}
+
+
+# --- reliability (from tests/test_reliability.py) ---------------------------------------------
+
+
+def test_bad_settings_are_refused_before_any_model_is_loaded():
+    missing = "/nonexistent/model"
+    kw = dict(align_texts=align_texts(40), progress=False)
+    with pytest.raises(ValueError, match="pairing must be one of .*not 'best'"):
+        ExpertSteer(missing, missing, pairing="best", **kw).fit(synthetic(24))
+    with pytest.raises(ValueError, match="pairing='given' and given_pairs go together"):
+        ExpertSteer(missing, missing, pairing="given", **kw).fit(synthetic(24))
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_target_only(missing, synthetic(24), method="magic")
+
+
+def test_nan_expert_fails_the_fit_and_leaves_no_hooks():
+    expert, target = pair_models()
+    with torch.no_grad():
+        expert.model.transformer.h[1].mlp.c_fc.weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="first at layer 1, dtype float32.*damaged"):
+        ExpertSteer(expert, target, align_texts=align_texts(40), progress=False).fit(synthetic(24))
+    assert n_hooks(expert) == 0 and n_hooks(target) == 0
+
+
+def test_unknown_layer_indices():
+    """The pipeline part of test_reliability.py::test_unknown_layer_indices (its extract, plan
+    and attach parts are in tests/test_extract.py, tests/test_plan.py, tests/steer/)."""
+    lm = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"layers \[5\] are out of range: tiny-llama has 3 lay"):
+        fit_target_only(lm, synthetic(24), layers=[1, 5], progress=False)
+    with pytest.raises(ValueError, match="n_pairs=4 is more than the 1 distinct target layers"):
+        fit_target_only(lm, synthetic(24), n_layers=4, progress=False)
+    expert, target = pair_models()
+    with pytest.raises(ValueError) as info:
+        ExpertSteer(
+            expert,
+            target,
+            pairing="given",
+            given_pairs=[(1, 1), (2, 9)],
+            align_texts=align_texts(40),
+            progress=False,
+        ).fit(synthetic(24))
+    assert "given pairs [(2, 9)]: target layer out of range; tiny-llama has 4 layers (0..3)" in (
+        str(info.value)
+    )
+    assert n_hooks(expert) == 0 and n_hooks(target) == 0
+
+
+def test_same_seed_bit_identical_plans_python_api(tmp_path, monkeypatch):
+    expert, target = pair_models()
+    for run in ("a", "b"):  # a fresh cache each time: everything is recomputed
+        monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / f"cache-{run}"))
+        plan = ExpertSteer(
+            expert, target, n_pairs=2, seed=7, align_texts=align_texts(40), progress=False
+        ).fit(synthetic(24))
+        plan.save_pretrained(tmp_path / f"es-{run}")
+        own = fit_target_only(
+            target, synthetic(24), method="self-rfm", n_layers=2, seed=7, progress=False
+        )
+        own.save_pretrained(tmp_path / f"rfm-{run}")
+    plan_files_equal(tmp_path / "es-a", tmp_path / "es-b")
+    plan_files_equal(tmp_path / "rfm-a", tmp_path / "rfm-b")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
 import string
+from pathlib import Path
 
 import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from expertsteer.data import Dataset, Example
 from expertsteer.models import LoadedModel, wrap_model
+from expertsteer.plan import CONFIG_NAME, TENSORS_NAME, ModelInfo, SteeringPlan
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 VOCAB = SPECIALS + list(string.ascii_letters + string.digits + string.punctuation)
@@ -101,3 +106,68 @@ def tiny_model(
     model = ARCHS[arch](d, n_layers).eval()
     tok = char_tokenizer(add_bos=True, padding_side=padding_side)
     return wrap_model(model, tok, name=f"tiny-{arch}")
+
+
+# --- shared by tests/test_pipeline.py and tests/cli/: a sentiment-like toy task, the standard
+# expert/target pair, unit vectors, plans with recorded norms, and plan folders compared
+
+POS = ["good", "great", "nice", "happy", "love", "fine", "best"]
+NEG = ["bad", "awful", "sad", "hate", "worst", "poor", "ugly"]
+NEUTRAL = ["the", "cat", "sat", "on", "a", "mat", "then", "ran", "to", "house", "tree", "blue"]
+
+
+def synthetic(n: int = 40, seed: int = 0) -> Dataset:
+    """``n`` labelled texts: three neutral words and two of the label's words, shuffled."""
+    rng = random.Random(seed)
+    examples = []
+    for k in range(n):
+        words = rng.sample(NEUTRAL, 3) + rng.sample(POS if k % 2 == 0 else NEG, 2)
+        rng.shuffle(words)
+        examples.append(Example(text=" ".join(words) + f" {k}", label=int(k % 2 == 0), group=None))
+    return Dataset(spec="synthetic", kind="labelled", examples=tuple(examples))
+
+
+def align_texts(n: int = 50, seed: int = 1) -> list[str]:
+    """``n`` alignment texts, disjoint from :func:`synthetic`'s."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(NEUTRAL + POS + NEG, k=8)) + f" #{k}" for k in range(n)]
+
+
+def pair_models() -> tuple[LoadedModel, LoadedModel]:
+    """The expert (gpt2, width 48, 5 layers) and target (llama, width 32, 4 layers) pair."""
+    return tiny_model("gpt2", seed=0, d=48, n_layers=5), tiny_model("llama", seed=1, n_layers=4)
+
+
+def unit(d: int, seed: int) -> torch.Tensor:
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+def plan_with_norms(lm, alphas=None, norms=None) -> SteeringPlan:
+    """A plan on ``lm`` with random unit vectors and recorded layer norms (10 by default)."""
+    alphas = alphas or {1: 2.0}
+    gen = torch.Generator().manual_seed(0)
+    vectors = {
+        j: torch.nn.functional.normalize(torch.randn(lm.hidden_size, generator=gen), dim=0)
+        for j in alphas
+    }
+    return SteeringPlan(
+        vectors=vectors,
+        alphas=alphas,
+        target=ModelInfo.of(lm),
+        layer_norms=norms if norms is not None else {j: 10.0 for j in alphas},
+    )
+
+
+def plan_files_equal(a: Path, b: Path) -> None:
+    """Bit-identical tensors, and the same JSON apart from the wall-clock timings."""
+    assert (a / TENSORS_NAME).read_bytes() == (b / TENSORS_NAME).read_bytes()
+    cfg_a, cfg_b = (json.loads((p / CONFIG_NAME).read_text()) for p in (a, b))
+    for cfg in (cfg_a, cfg_b):
+        cfg["provenance"].pop("timings_s")
+    assert cfg_a == cfg_b
+
+
+def n_hooks(lm) -> int:
+    """Forward and pre-forward hooks on every module of the model."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())

@@ -45,7 +45,7 @@ KEY_DIGEST = "expertsteer.tensors_sha256"
 
 
 def _direction(plan: SteeringPlan, j: int, scale: float) -> torch.Tensor:
-    # float64 product, one rounding to float32, then the product: exactly steer.combine's delta
+    # float64 product, one rounding to float32, then the product: SteeringPlan.combine exactly
     coef = torch.tensor([[scale * plan.alphas[j]]], dtype=torch.float64).float()
     return (coef @ plan.vectors[j][None])[0]
 

@@ -17,7 +17,7 @@ from expertsteer.data.specs import DATA_SPECS_HELP, load_data
 
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
-    """An empty cache, as tests/test_fuzz.py and tests/test_reliability.py use for every test."""
+    """An empty cache, for the tests moved here from tests/test_fuzz.py and test_reliability.py."""
     monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
 
 
@@ -84,7 +84,7 @@ def test_limit_keeps_at_least_min_per_class(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# copied from tests/test_reliability.py and tests/test_fuzz.py
+# moved from tests/test_reliability.py and tests/test_fuzz.py
 
 
 def test_too_few_examples(tmp_path):
@@ -95,7 +95,7 @@ def test_too_few_examples(tmp_path):
         load_data(write_jsonl(tmp_path / "e.jsonl", labelled(8, 8)), limit=5)
 
 
-def test_unknown_data_spec_names(tmp_path):
+def test_unknown_data_spec_names(tmp_path, isolated_cache):
     with pytest.raises(DataSpecError) as info:
         load_data("sentiment")
     assert str(info.value) == (

@@ -3,10 +3,9 @@ import json
 import pytest
 
 from expertsteer.data import DataSpecError
-from expertsteer.eval.methods import parse_methods, random_plan
+from expertsteer.eval import tasks
 from expertsteer.eval.tasks import Item, Task, load_task
 from expertsteer.io import cache_root
-from expertsteer.plan import ModelInfo, SteeringPlan
 
 # as in tests/data/sources/test_bigbench.py
 needs_bigbench = pytest.mark.skipif(
@@ -66,6 +65,9 @@ def test_unknown_specs():
         load_task("mmlu")
     with pytest.raises(DataSpecError, match="does not exist"):
         load_task("/nope/x.jsonl")
+    with pytest.raises(DataSpecError) as info:
+        tasks.load_task("sentiment")
+    assert str(info.value).startswith("unknown task spec 'sentiment'. Task spec: bigbench:<task>")
 
 
 def test_split_is_seeded_disjoint_and_limited(tmp_path):
@@ -102,32 +104,6 @@ def test_concept_data_for_a_concept_choice():
     assert data.kind == "labelled"
     assert [e.label for e in data.examples] == [1, 0] * 6
     assert Task("s", items, "").concept_data() is None
-
-
-def test_parse_methods():
-    assert parse_methods("none,mean-diff") == ["none", "mean-diff"]
-    assert parse_methods("expertsteer:ridge") == [
-        "expertsteer:ridge:depth",
-        "expertsteer:ridge:lowest",
-    ]
-    assert len(parse_methods("expertsteer")) == 8
-    assert parse_methods("expertsteer:ae:monotone,none") == ["expertsteer:ae:monotone", "none"]
-    for bad in ("magic", "expertsteer:lasso", "expertsteer:ridge:best", ""):
-        with pytest.raises(DataSpecError):
-            parse_methods(bad)
-
-
-def test_random_plan_keeps_layers_and_norms():
-    import torch
-
-    info = ModelInfo("m", "f", 4, 8)
-    plan = SteeringPlan({1: torch.ones(8) / 8**0.5, 2: torch.eye(8)[0]}, {1: 2.0, 2: 3.0}, info)
-    r = random_plan(plan, seed=0)
-    assert r.alphas == plan.alphas and r.layers == plan.layers
-    for j in r.layers:
-        assert r.vectors[j].norm() == pytest.approx(1.0)
-        assert abs(float(r.vectors[j] @ plan.vectors[j])) < 0.99
-    assert torch.equal(random_plan(plan, 0).vectors[1], r.vectors[1])
 
 
 @needs_bigbench

@@ -1,5 +1,5 @@
 """Request parsing: a JSON body becomes a typed Request (scope a TokenScope, α a float) or a
-4xx ApiError naming the offending field; plus the response shaping helpers."""
+4xx ApiError naming the offending field (the response side is tests/serve/test_responses.py)."""
 
 import pytest
 import torch
@@ -7,8 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from expertsteer.plan import ModelInfo, SteeringPlan
-from expertsteer.serve import responses
-from expertsteer.serve.engine import Event, Sampling
+from expertsteer.serve.engine import Sampling
 from expertsteer.serve.protocol import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     ApiError,
@@ -187,20 +186,10 @@ def test_bad_requests(lm, plans, extra, status, param):
         assert err.code == "model_not_found"
 
 
-# --- responses ---------------------------------------------------------------------------------
+# --- errors ------------------------------------------------------------------------------------
 
 
-def test_response_helpers(lm, plans):
-    req = parse(lm, plans, {"model": lm.name, "prompt": ["a", "b"], "steering": {"plan": "up"}})
-    finals = {
-        i: Event("done", finish_reason="stop", prompt_tokens=2, completion_tokens=3) for i in (0, 1)
-    }
-    out = responses.completion_body(req, "m", ["x", "y"], finals)
-    assert out["id"].startswith("cmpl-") and out["model"] == "m"
-    assert [c["text"] for c in out["choices"]] == ["x", "y"]
-    assert out["usage"] == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
-    assert out["steering"] == {"plan": "up", "alpha": 1.0, "scope": "all"}
-    assert responses.steering_echo(Steering()) == {"steering": None}
+def test_api_error_body():
     assert ApiError(418, "teapot", param="p").body() == {
         "error": {"message": "teapot", "type": "invalid_request_error", "param": "p", "code": None}
     }

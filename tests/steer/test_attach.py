@@ -3,9 +3,8 @@ import warnings
 import pytest
 import torch
 from steer_helpers import PROMPTS, batch, forward, make_plan, n_hooks, plan_with_norms
-from typer.testing import CliRunner
 
-from expertsteer.plan import TENSORS_NAME, PlanMismatchError, SteeringPlan
+from expertsteer.plan import PlanMismatchError, SteeringPlan
 from expertsteer.steer import (
     ALPHA_WARN_RATIO,
     SteeringStrengthWarning,
@@ -206,14 +205,10 @@ def test_absurd_alpha_warns():
     assert n_hooks(lm) == 0
 
 
-def test_no_hooks_left_after_a_failed_plan_load(tmp_path):
-    from expertsteer.cli import app
-
+def test_no_hooks_left_after_a_refused_attach():
+    """The attach part of test_reliability.py::test_no_hooks_left_after_a_failed_plan_load (its
+    CLI part is in tests/cli/test_generate.py)."""
     lm = tiny_model("llama")
-    plan_with_norms(lm).save_pretrained(tmp_path)
-    (tmp_path / TENSORS_NAME).write_bytes((tmp_path / TENSORS_NAME).read_bytes()[:40])
-    result = CliRunner().invoke(app, ["generate", "hi", "--target", "x", "--steer", str(tmp_path)])
-    assert result.exit_code == 1 and "error:" in result.output
     with pytest.raises(PlanMismatchError):
         attach(lm, plan_with_norms(tiny_model("llama", seed=9)))
     with pytest.raises(ValueError, match="alpha must be finite"):

@@ -1,10 +1,9 @@
 import pytest
 import torch
-from steer_helpers import PROMPTS, make_plan, n_hooks, plan_with_norms, unit
+from steer_helpers import PROMPTS, make_plan, n_hooks, plan_with_norms
 from transformers.generation.streamers import BaseStreamer
-from typer.testing import CliRunner
 
-from expertsteer.plan import ModelInfo, SteeringPlan
+from expertsteer.plan import SteeringPlan
 from expertsteer.steer import (
     SteeringRequest,
     TokenScope,
@@ -214,26 +213,6 @@ def test_generate_returns_only_the_new_text():
         assert out == expected and len(out.replace(" ", "")) <= 4
     plain = generate(lm, PROMPTS, max_new_tokens=4, min_new_tokens=4)
     assert plain != got
-
-
-def test_cli_generate_side_by_side(tmp_path):
-    from expertsteer.cli import app
-    from expertsteer.models import load_model
-
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(tmp_path / "model")
-    lm.tokenizer.save_pretrained(tmp_path / "model")
-    loaded = load_model(tmp_path / "model")
-    plan = SteeringPlan({1: unit(32, 0)}, {1: 8.0}, ModelInfo.of(loaded))
-    plan.save_pretrained(tmp_path / "plan")
-    args = ["generate", "--target", str(tmp_path / "model"), "--steer", str(tmp_path / "plan")]
-    result = CliRunner().invoke(
-        app, [*args, "--alpha", "2", "--scope", "last:2", "--max-new-tokens", "3", "hi", "ab"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "unsteered" in result.output and "scope last:2" in result.output
-    bad = CliRunner().invoke(app, [*args, "--scope", "middle", "hi"])
-    assert bad.exit_code != 0
 
 
 # --- reliability (from tests/test_reliability.py): no hooks left after errors -----------------

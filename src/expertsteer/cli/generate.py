@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..steer.scope import SCOPES
+from ..steer.scope import WRITTEN_SCOPES
 from . import args
 from .main import app, console, user_errors
 
@@ -17,7 +17,7 @@ def generate(
     target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
     steer: str = typer.Option(..., help="Plan folder (from `expertsteer fit`) or hub repo."),
     alpha: float = typer.Option(1.0, help="Global scale on the plan's per-layer α."),
-    scope: str = typer.Option("all", help=f"Tokens steered: {SCOPES.choices()}."),
+    scope: str = typer.Option("all", help=f"Tokens steered: {', '.join(WRITTEN_SCOPES)}."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate per prompt."),
     chat_template: bool = typer.Option(
         True, "--chat-template/--no-chat-template", help="Use the model's chat template if any."

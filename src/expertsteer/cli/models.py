@@ -19,6 +19,12 @@ def models(
 ) -> None:
     """List the packaged offline models: family, layers, width and whether they are ready."""
     names = list(catalog.CATALOG) if prepare and "all" in prepare else (prepare or [])
+    unknown = [n for n in names if n not in catalog.CATALOG]
+    if unknown:  # before converting anything
+        raise typer.BadParameter(
+            f"unknown catalog models {unknown}; use {', '.join(catalog.CATALOG)} or 'all'",
+            param_hint="--prepare",
+        )
     for name in names:
         entry = catalog.get_entry(name)
         if catalog.status(entry) == "missing":

@@ -248,7 +248,7 @@ class Engine:
         return "".join(parts), final[0]
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Finish the running batch, fail queued jobs, stop the thread."""
+        """Run the jobs submitted before this call, then stop the thread; later ones are refused."""
         if self._closed:
             return
         self._closed = True

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..models import LoadedModel
 from ..plan import SteeringPlan
-from ..steer import TokenScope
+from ..steer.scope import WRITTEN_SCOPES, TokenScope
 from .engine import Sampling
 
 DEFAULT_MAX_TOKENS = 512
@@ -20,7 +20,7 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 # No scope registry in expertsteer.steer yet to derive this from; positions lists are not
 # offered over HTTP (they are per batch row, and a request's rows share batches).
-SCOPES_HELP = "'all', 'prompt', 'generated' or 'last:K'"
+SCOPES_HELP = ", ".join(map(repr, WRITTEN_SCOPES[:-1])) + f" or {WRITTEN_SCOPES[-1]!r}"
 STEERING_FIELDS = ("plan", "alpha", "scope")
 # Accepted only at their no-op values: anything else would be silently ignored otherwise.
 UNSUPPORTED = {

@@ -66,6 +66,24 @@ class TokenScope:
             return self
         return TokenScope("positions", positions=tuple(self.positions[i] for i in rows))
 
+    def steered(self, prompt_len: int, n: int, row: int = 0) -> list[bool]:
+        """Whether each of a sequence's first ``n`` real tokens is steered (row ``row``).
+
+        The single-row form of the mask the hooks build per forward call (out-of-range explicit
+        positions are left out here; the hooks refuse them).
+        """
+        pos = range(n)
+        if self.kind == "all":
+            return [True] * n
+        if self.kind == "prompt":
+            return [q < prompt_len for q in pos]
+        if self.kind == "generated":
+            return [q >= prompt_len for q in pos]
+        if self.kind == "last":
+            return [prompt_len - self.k <= q < prompt_len for q in pos]
+        chosen = {p % prompt_len for p in self.positions[row] if -prompt_len <= p < prompt_len}
+        return [q in chosen for q in pos]
+
     def __str__(self) -> str:
         """The written form: ``all``, ``last:3``, … (positions as their row lists)."""
         if self.kind == "last":
@@ -93,3 +111,5 @@ SCOPES.register("last:K", TokenScope.last, "the last K prompt tokens (e.g. last:
 SCOPES.register(
     "positions", TokenScope.at, "explicit per-row prompt positions (Python API and server)"
 )
+# The scopes a user writes as a string (CLI, a request's steering.scope); positions are a list.
+WRITTEN_SCOPES: tuple[str, ...] = tuple(n for n in SCOPES.names if n != "positions")

@@ -28,7 +28,7 @@ from expertsteer.io import cache_root
 
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
-    """An empty cache, as tests/test_reliability.py uses for every test."""
+    """An empty cache (the isolation tests/test_reliability.py gave every test)."""
     monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
 
 
@@ -215,7 +215,7 @@ def test_leaves_and_pairs_of_a_toy_tree(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# copied from tests/test_reliability.py (its BIG-bench half; the data-spec half is in
+# moved from tests/test_reliability.py (its BIG-bench half; the data-spec half is in
 # tests/data/test_specs.py::test_unknown_data_spec_names)
 
 

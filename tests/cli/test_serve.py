@@ -1,0 +1,73 @@
+"""``expertsteer serve``: the plan options are checked before the model is loaded."""
+
+import pytest
+from cli_helpers import flat
+from typer.testing import CliRunner
+
+from expertsteer.cli import app
+from expertsteer.cli.serve import LOOPBACK
+from tiny import plan_with_norms, tiny_model
+
+
+def test_cli_serve_checks_plan_specs(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--target", "nowhere", "--steer", "no-equals-sign"])
+    assert res.exit_code == 2 and "NAME=DIR" in res.output
+    res = runner.invoke(app, ["serve", "--target", "nowhere", "--steer", f"a={tmp_path}"])
+    assert res.exit_code == 1 and "not a saved SteeringPlan" in res.output
+
+
+def test_a_plan_name_given_twice_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    def loader(*args, **kwargs):
+        raise AssertionError("model loaded")
+
+    monkeypatch.setattr("expertsteer.models.load_model", loader)
+    argv = ["serve", "--target", "x", "--steer", f"a={tmp_path}", "--steer", f"a={tmp_path}"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2 and "plan name 'a' given twice" in res.output
+
+
+@pytest.fixture
+def served(monkeypatch) -> list[dict]:
+    """The CLI's call of expertsteer.serve.serve, recorded instead of run (a tiny target)."""
+    calls = []
+    lm = tiny_model("llama")
+    monkeypatch.setattr("expertsteer.models.load_model", lambda ref: lm)
+    monkeypatch.setattr(
+        "expertsteer.serve.serve",
+        lambda lm, plans, **kw: calls.append({"lm": lm, "plans": plans, **kw}),
+    )
+    return calls
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_the_server_gets_every_setting(tmp_path, served, host):
+    lm = tiny_model("llama")
+    plan_with_norms(lm).save_pretrained(tmp_path / "up")
+    argv = ["serve", "--target", "x", "--steer", f"up={tmp_path / 'up'}", "--host", host]
+    argv += ["--port", "8123", "--max-tokens", "7", "--max-body-bytes", "99", "--max-batch", "2"]
+    res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": None})
+    assert res.exit_code == 0, res.output
+    (call,) = served
+    assert call["lm"].name == "tiny-llama" and sorted(call["plans"]) == ["up"]
+    assert call["plans"]["up"].alphas == {1: 2.0}
+    assert {k: v for k, v in call.items() if k not in ("lm", "plans")} == {
+        "host": host,
+        "port": 8123,
+        "api_key": None,
+        "max_tokens": 7,
+        "max_body_bytes": 99,
+        "max_batch": 2,
+    }
+    assert f"serving tiny-llama with plans ['up'] on http://{host}:8123/v1" in flat(res)
+    assert "warning" not in res.output
+
+
+def test_a_public_host_without_a_key_is_warned_about(served):
+    argv = ["serve", "--target", "x", "--host", "0.0.0.0"]
+    res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": None})
+    assert res.exit_code == 0, res.output
+    assert "warning: listening on 0.0.0.0 without --api-key" in flat(res)
+    assert served[0]["plans"] == {} and served[0]["host"] == "0.0.0.0"
+    res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": "k"})
+    assert res.exit_code == 0 and "warning" not in res.output and served[1]["api_key"] == "k"
