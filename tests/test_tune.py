@@ -84,3 +84,23 @@ def test_tunes_a_real_steering_metric_on_a_tiny_model():
     scores = {g["alpha"]: g["score"] for g in res.grid}
     assert res.score == max(scores.values()) and len(scores) == 3
     assert scores[-1.0] != scores[0.0] != scores[1.0]  # steering changes the metric
+
+
+def test_a_batched_metric_sees_every_candidate_once_and_gives_the_same_result():
+    score = lambda p: -((total_alpha(p) - 2.0) ** 2)  # noqa: E731
+    calls = []
+
+    def metrics(plans):
+        calls.append(len(plans))
+        return [score(p) for p in plans]
+
+    kw = dict(alphas=(0.0, 0.5, 1.0, 2.0), n_layers=(1, 3), progress=False)
+    one = tune(plan(), score, **kw)
+    batched = tune(plan(), metrics=metrics, **kw)
+    assert calls == [1 + 3 * 2] and batched == one
+    with pytest.raises(ValueError, match="pass either metric .* or metrics"):
+        tune(plan(), score, metrics=metrics)
+    with pytest.raises(ValueError, match="pass either metric"):
+        tune(plan())
+    with pytest.raises(ValueError, match="metrics gave 1 scores for 7 candidates"):
+        tune(plan(), metrics=lambda ps: [0.0], **kw)

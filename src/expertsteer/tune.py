@@ -40,18 +40,23 @@ def layer_order(plan: SteeringPlan) -> list[int]:
 
 def tune(
     plan: SteeringPlan,
-    metric: Callable[[SteeringPlan], float],
+    metric: Callable[[SteeringPlan], float] | None = None,
     *,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     n_layers: Sequence[int] | None = None,
     order: Sequence[int] | None = None,
+    metrics: Callable[[list[SteeringPlan]], Sequence[float]] | None = None,
     progress: bool = True,
 ) -> TuneResult:
     """Grid search over global α × the first k layers of ``order`` (default :func:`layer_order`).
 
-    ``metric(candidate_plan)`` scores a steered setting on validation data. α = 0 (no steering)
-    is scored once. Ties go to the smaller |α|, then to fewer layers: the least intervention.
+    ``metric(candidate_plan)`` scores a steered setting on validation data; or ``metrics``
+    scores every candidate of the grid in one call (e.g. one batched pass with a plan per row).
+    α = 0 (no steering) is scored once. Ties go to the smaller |α|, then to fewer layers: the
+    least intervention.
     """
+    if (metric is None) == (metrics is None):
+        raise ValueError("pass either metric (one plan) or metrics (every candidate at once)")
     order = list(order) if order is not None else layer_order(plan)
     if sorted(order) != sorted(plan.layers):
         raise ValueError(f"order {order} must list the plan's layers {plan.layers} once each")
@@ -60,16 +65,19 @@ def tune(
         raise ValueError(f"need at least one α and layer counts within 1..{len(order)}")
     candidates = [(0.0, 0)] if 0.0 in alphas else []
     candidates += [(float(a), k) for a in alphas if a != 0.0 for k in ks]
-    grid = []
-    for a, k in tqdm(candidates, desc="tune α / layers", disable=not progress):
-        layers = tuple(sorted(order[: max(k, 1)]))
-        grid.append(
-            {
-                "alpha": a,
-                "n_layers": k,
-                "layers": list(layers),
-                "score": float(metric(plan.select(layers) * a)),
-            }
-        )
+    cells = [(a, k, tuple(sorted(order[: max(k, 1)]))) for a, k in candidates]
+    plans = [plan.select(layers) * a for a, _, layers in cells]
+    if metrics is not None:
+        scores = [float(s) for s in metrics(plans)]
+        if len(scores) != len(plans):
+            raise ValueError(f"metrics gave {len(scores)} scores for {len(plans)} candidates")
+    else:
+        assert metric is not None
+        bar = tqdm(plans, desc="tune α / layers", disable=not progress)
+        scores = [float(metric(p)) for p in bar]
+    grid = [
+        {"alpha": a, "n_layers": k, "layers": list(layers), "score": score}
+        for (a, k, layers), score in zip(cells, scores)
+    ]
     best = max(grid, key=lambda g: (g["score"], -abs(g["alpha"]), -g["n_layers"]))
     return TuneResult(best["alpha"], tuple(best["layers"]), best["score"], grid)

@@ -3,9 +3,7 @@ import random
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from expertsteer.cli import app
 from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.scoring import mc_correct, option_logprobs
 from expertsteer.io import cache_root
@@ -122,24 +120,6 @@ def test_same_seed_same_report(tmp_path):
     assert strip(a) == strip(b)
 
 
-def test_cli_eval_on_saved_tiny_model(tmp_path):
-    lm = tiny_model("llama", seed=4, n_layers=4)
-    lm.model.save_pretrained(tmp_path / "target")
-    lm.tokenizer.save_pretrained(tmp_path / "target")
-    spec = write_task(tmp_path / "task.jsonl")
-    args = ["eval", "--target", str(tmp_path / "target"), "--task", spec]
-    args += ["--methods", "none,mean-diff", "--report", str(tmp_path / "r"), "--alphas", "0,2"]
-    args += ["--layer-counts", "2", "--pairs", "2"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "mean-diff" in result.output and "report:" in result.output
-    saved = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert [m["name"] for m in saved["methods"]] == ["none", "mean-diff"]
-
-    bad = CliRunner().invoke(app, [*args[:5], "--methods", "magic", "--report", "x"])
-    assert bad.exit_code != 0 and "unknown method 'magic'" in bad.output
-
-
 @pytest.mark.real
 def test_mean_beats_sum_on_code_line_description():
     """The issue's observation: SmolLM2 ~0.15 with summed, ~0.62 with mean log-likelihood."""
@@ -178,3 +158,60 @@ def test_real_eval_few_items(tmp_path):
     assert rows["expert"]["score"] == expert["test"][expert["norm"]]
     assert np.isfinite([m["score"] for m in report["methods"]]).all()
     assert rows["expertsteer:ridge:depth"]["nulls"]["shuffled_labels"]
+
+
+def _scores_only(report: dict) -> str:
+    """Everything but wall-clock times and the shared-prompt switch itself."""
+    report = json.loads(json.dumps(report))
+    report.pop("seconds")
+    report["config"].pop("shared_prompt")
+    for m in report["methods"]:
+        m.pop("seconds", None)
+    return json.dumps(report, sort_keys=True)
+
+
+def test_shared_prompt_and_whole_pairs_give_the_same_report(tmp_path):
+    expert = tiny_model("qwen2", seed=1, d=48, n_layers=5)
+    target = tiny_model("llama", seed=2, n_layers=4)
+    target.model.double()  # equal to rounding in float32; exactly equal choices here
+    expert.model.double()
+    spec = write_task(tmp_path / "task.jsonl")
+    methods = "none,prompt,mean-diff,expertsteer:ridge:depth"
+    reports = [
+        run_eval(
+            EvalConfig(
+                task=spec,
+                target=target,
+                expert=expert,
+                methods=methods,
+                shared_prompt=shared,
+                **FAST,
+            ),
+            progress=False,
+        ).report
+        for shared in (True, False)
+    ]
+    assert reports[0]["config"]["shared_prompt"] and not reports[1]["config"]["shared_prompt"]
+    assert _scores_only(reports[0]) == _scores_only(reports[1])
+
+
+def test_grid_cells_and_nulls_scored_together_equal_one_at_a_time(tmp_path):
+    from expertsteer.eval.runner import _Scorer
+
+    target = tiny_model("llama", seed=2, n_layers=4)
+    target.model.double()
+    task = load_task(write_task(tmp_path / "task.jsonl", n=12))
+    plan = fit_plan(target, task)
+    plans = [plan * a for a in (0.0, 1.0, 4.0)] + [plan.select(plan.layers[:1]) * 2.0, None]
+    together = _Scorer(target, task, batch_size=5).scores_many(plans)
+    for p, scores in zip(plans, together):
+        alone = _Scorer(target, task, batch_size=3).scores(p)
+        for a, b in zip(scores, alone):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+    assert not np.allclose(np.concatenate(together[1]), np.concatenate(together[0]))
+
+
+def fit_plan(target, task):
+    from expertsteer.pipeline import fit_target_only
+
+    return fit_target_only(target, task.contrast(seed=0), n_layers=2, progress=False)

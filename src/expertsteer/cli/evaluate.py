@@ -84,6 +84,11 @@ def eval_(
     pairs: int = typer.Option(4, "--pairs", help="Layer pairs / steered layers fitted."),
     nulls: int = typer.Option(3, help="Seeds of the shuffled-label and random controls."),
     generation: bool = typer.Option(False, help="Also score greedy answers by alias match."),
+    shared_prompt: bool = typer.Option(
+        True,
+        help="Run each prompt once and score its choices on its KV cache (the same scores as "
+        "running every prompt + choice whole, which --no-shared-prompt does).",
+    ),
 ) -> None:
     """Compare the target alone, prompting, the expert, target-only steering and ExpertSteer
     (each aligner and pairing, with null controls) on one task's held-out test split."""
@@ -104,6 +109,7 @@ def eval_(
         n_pairs=pairs,
         n_nulls=nulls,
         generation=generation,
+        shared_prompt=shared_prompt,
     )
     config.check()  # every setting, before any model is loaded
     result = run_eval(config)

@@ -22,7 +22,14 @@ from ..pipeline import ExpertSteer, fit_target_only
 from ..plan import SteeringPlan
 from ..tune import tune
 from .methods import DEFAULT_PAIRINGS, parse_methods, random_plan, resolve
-from .scoring import NORMS, concept_margin, generation_scores, mc_correct, option_logprobs
+from .scoring import (
+    NORMS,
+    concept_margin,
+    generation_scores,
+    mc_correct,
+    option_logprobs,
+    unsteered_logprobs,
+)
 from .stats import bootstrap_ci, paired_bootstrap_p, ratio_ci
 from .tasks import Task, load_task
 
@@ -49,6 +56,7 @@ class EvalConfig:
     generation: bool = False  # also score greedy answers by alias match (test only)
     batch_size: int = 16
     align_texts: int = 192  # generic alignment texts per ExpertSteer fit
+    shared_prompt: bool = True  # each prompt once, its choices on its KV cache (same scores)
 
     def method_names(self) -> list[str]:
         """The full method names compared (those needing an expert dropped when there is none)."""
@@ -89,32 +97,74 @@ class EvalResult:
 
 @dataclass
 class _Scorer:
-    """Multiple-choice correctness of one model on one split, memoised per plan setting."""
+    """Multiple-choice correctness of one model on one split, memoised per plan setting.
+
+    Several plans are scored in one pass (a plan per row), each prompt once per plan when
+    ``shared_prompt`` (see :func:`option_logprobs`).
+    """
 
     lm: LoadedModel
     task: Task
     batch_size: int
     norm: str = "mean"
     progress: bool | str = False
+    shared_prompt: bool = True
     cache: dict = field(default_factory=dict)
 
-    def scores(self, plan: SteeringPlan | None = None, prefix: str = "") -> list[np.ndarray]:
-        if plan is not None and not any(plan.alphas.values()):
-            plan = None  # α = 0 is no steering: reuse the unsteered pass
-        key = (prefix, None if plan is None else id(plan))
-        if key not in self.cache:
-            self.cache[key] = (
-                plan,  # kept so the id is not reused by another plan
-                option_logprobs(
+    @staticmethod
+    def _key(plan: SteeringPlan | None, prefix: str) -> tuple:
+        return (prefix, None if plan is None else id(plan))
+
+    def scores_many(
+        self, plans: Sequence[SteeringPlan | None], prefix: str = ""
+    ) -> list[list[np.ndarray]]:
+        # α = 0 is no steering: the unsteered pass is reused
+        plans = [None if p is None or not any(p.alphas.values()) else p for p in plans]
+        todo: list[SteeringPlan | None] = []
+        for p in plans:
+            if self._key(p, prefix) not in self.cache and all(p is not q for q in todo):
+                todo.append(p)
+        if None in todo:  # plan-independent: from the on-disk cache when there
+            self.cache[self._key(None, prefix)] = (
+                None,
+                unsteered_logprobs(
                     self.lm,
                     self.task.items,
-                    plan=plan,
                     prefix=prefix,
                     batch_size=self.batch_size,
+                    shared_prompt=self.shared_prompt,
                     progress=self.progress,
                 ),
             )
-        return self.cache[key][1]
+            todo.remove(None)
+        if todo:
+            items = self.task.items
+            rows: SteeringPlan | list[SteeringPlan | None] | None = (
+                todo[0] if len(todo) == 1 else [p for p in todo for _ in items]
+            )
+            scores = option_logprobs(
+                self.lm,
+                list(items) * len(todo),
+                plan=rows,
+                prefix=prefix,
+                batch_size=self.batch_size,
+                shared_prompt=self.shared_prompt,
+                progress=self.progress,
+            )
+            for k, p in enumerate(todo):
+                # the plan is kept so its id is not reused by another plan
+                self.cache[self._key(p, prefix)] = (
+                    p,
+                    scores[k * len(items) : (k + 1) * len(items)],
+                )
+        return [self.cache[self._key(p, prefix)][1] for p in plans]
+
+    def scores(self, plan: SteeringPlan | None = None, prefix: str = "") -> list[np.ndarray]:
+        return self.scores_many([plan], prefix)[0]
+
+    def correct_many(self, plans: Sequence[SteeringPlan | None]) -> list[np.ndarray]:
+        items = self.task.items
+        return [mc_correct(s, items, self.norm) for s in self.scores_many(plans)]  # type: ignore[arg-type]
 
     def correct(self, plan: SteeringPlan | None = None, prefix: str = "") -> np.ndarray:
         return mc_correct(self.scores(plan, prefix), self.task.items, self.norm)  # type: ignore[arg-type]
@@ -167,11 +217,13 @@ def run_eval(
     needs_expert = any(m == "expert" or resolve(m).kind == "transfer" for m in methods)
     expert = _load(config.expert) if needs_expert and config.expert is not None else None
 
+    shared = config.shared_prompt
+
     def scorers(lm: LoadedModel) -> tuple[_Scorer, _Scorer]:
         bar = (lambda split: f"{lm.name} {split}") if progress else (lambda split: False)
         return (
-            _Scorer(lm, val, config.batch_size, progress=bar("val")),
-            _Scorer(lm, test, config.batch_size, progress=bar("test")),
+            _Scorer(lm, val, config.batch_size, progress=bar("val"), shared_prompt=shared),
+            _Scorer(lm, test, config.batch_size, progress=bar("test"), shared_prompt=shared),
         )
 
     val_s, test_s = scorers(target)
@@ -197,7 +249,7 @@ def run_eval(
         ks = sorted({min(k, len(plan.layers)) for k in config.layer_counts})
         result = tune(
             plan,
-            lambda p: float(val_s.correct(p).mean()),
+            metrics=lambda ps: [float(c.mean()) for c in val_s.correct_many(ps)],
             alphas=config.alphas,
             n_layers=ks,
             progress=progress,
@@ -316,11 +368,15 @@ def _controls(
     if alpha == 0:  # tuned to no steering: every control is the target alone
         base = float(test_s.correct().mean())
         shuffled, random_ = [base] * config.n_nulls, [base] * config.n_nulls
-    for s in range(config.n_nulls if alpha != 0 else 0):
-        null = est.replan(contrast.shuffle_labels(seed=1000 + s), pairing=pairing)
-        common = [j for j in layers if j in null.vectors] or null.layers[: len(layers)]
-        shuffled.append(float(test_s.correct(null.select(common) * alpha).mean()))
-        random_.append(float(test_s.correct(random_plan(tuned_plan, seed=2000 + s)).mean()))
+    else:
+        nulls, randoms = [], []
+        for s in range(config.n_nulls):
+            null = est.replan(contrast.shuffle_labels(seed=1000 + s), pairing=pairing)
+            common = [j for j in layers if j in null.vectors] or null.layers[: len(layers)]
+            nulls.append(null.select(common) * alpha)
+            randoms.append(random_plan(tuned_plan, seed=2000 + s))
+        scores = [float(c.mean()) for c in test_s.correct_many(nulls + randoms)]
+        shuffled, random_ = scores[: len(nulls)], scores[len(nulls) :]
     score = float(row["correct"].mean())
     row["nulls"] = {"shuffled_labels": shuffled, "random_direction": random_}
     # With α = 0 the method is the target alone: it cannot beat anything.
@@ -367,7 +423,14 @@ def _concept(task, train, test, target, expert, norm, config, progress) -> dict 
         return None
     _log(progress, f"concept transfer ({task.concept_name})")
     indices = [task.concept_index(item) for item in test.items]
-    scorer = _Scorer(target, test, config.batch_size, norm, "concept" if progress else False)
+    scorer = _Scorer(
+        target,
+        test,
+        config.batch_size,
+        norm,
+        "concept" if progress else False,
+        shared_prompt=config.shared_prompt,
+    )
     est = ExpertSteer(
         expert,
         target,
@@ -383,11 +446,9 @@ def _concept(task, train, test, target, expert, norm, config, progress) -> dict 
     )
     plans["null (shuffled labels)"] = est.replan(data.shuffle_labels(seed=1000))
     a = config.concept_alpha
-    spans = {}
-    for name, plan in plans.items():
-        hi = concept_margin(scorer.scores(plan * a), indices, norm)
-        lo = concept_margin(scorer.scores(plan * -a), indices, norm)
-        spans[name] = hi - lo
+    signed = [plan * sign for plan in plans.values() for sign in (a, -a)]
+    margins = [concept_margin(s, indices, norm) for s in scorer.scores_many(signed)]
+    spans = {name: margins[2 * k] - margins[2 * k + 1] for k, name in enumerate(plans)}
     own = spans["target mean-diff"]
     out = {"concept": task.concept_name, "alpha": a, "norm": norm, "n": len(indices), "plans": {}}
     for name, span in spans.items():

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 
+from ..io import CorruptFileError, cache_root, load_tensors, save_tensors
 from ..models import LoadedModel
-from ..steer import generate, sequence_logprobs
+from ..plan import SteeringPlan
+from ..steer import PlanArg, choice_logprobs, generate, sequence_logprobs
 from .tasks import Item
 
 __all__ = [
@@ -22,6 +27,7 @@ __all__ = [
     "generation_scores",
     "mc_correct",
     "option_logprobs",
+    "unsteered_logprobs",
 ]
 
 Norm = Literal["sum", "mean"]
@@ -39,32 +45,99 @@ def option_logprobs(
     lm: LoadedModel,
     items: Sequence[Item],
     *,
-    plan=None,
+    plan: PlanArg = None,
     alpha: float = 1.0,
     prefix: str = "",
     batch_size: int = 16,
+    shared_prompt: bool = True,
     progress: bool | str = False,
 ) -> list[np.ndarray]:
     """Per item a ``[n_choices, 2]`` array: the summed and the per-token mean log-likelihood
-    of each choice given ``prefix + prompt``, under ``plan`` (scaled by ``alpha``) if given."""
-    prompts, conts = [], []
-    for item in items:
+    of each choice given ``prefix + prompt``, under ``plan`` (scaled by ``alpha``) if given.
+
+    ``plan`` is one plan for every item or one (or ``None``) per item. ``shared_prompt`` runs
+    each prompt once and its choices on its KV cache (:func:`choice_logprobs`; ``batch_size``
+    counts items); off, every prompt + choice runs whole (``batch_size`` counts pairs). Both
+    score the same tokens.
+    """
+    kw = {"plan": plan, "alpha": alpha} if plan is not None else {}
+    if shared_prompt:
+        blocks = choice_logprobs(
+            lm,
+            [prefix + item.prompt for item in items],
+            [[continuation(item.prompt, c) for c in item.choices] for item in items],
+            batch_size=batch_size,
+            progress=progress,
+            **kw,
+        )
+        return [_reduce(b) for b in blocks]
+    prompts, conts, plans = [], [], []
+    for k, item in enumerate(items):
         for choice in item.choices:
             prompts.append(prefix + item.prompt)
             conts.append(continuation(item.prompt, choice))
-    kw = {"plan": plan, "alpha": alpha} if plan is not None else {}
+            plans.append(plan if plan is None or isinstance(plan, SteeringPlan) else plan[k])
+    if plan is not None and not isinstance(plan, SteeringPlan):
+        kw["plan"] = plans
     per_token = sequence_logprobs(
         lm, prompts, conts, reduce="none", batch_size=batch_size, progress=progress, **kw
-    ).double()
-    valid = ~torch.isnan(per_token)
-    total = torch.where(valid, per_token, 0.0).sum(1)
-    mean = total / valid.sum(1)
-    flat = torch.stack([total, mean], 1).numpy()
+    )
+    flat = _reduce(per_token)
     out, start = [], 0
     for item in items:
         out.append(flat[start : start + len(item.choices)])
         start += len(item.choices)
     return out
+
+
+SCORES_VERSION = 1  # bump when what an unsteered score means changes
+
+
+def unsteered_logprobs(
+    lm: LoadedModel,
+    items: Sequence[Item],
+    *,
+    prefix: str = "",
+    batch_size: int = 16,
+    shared_prompt: bool = True,
+    progress: bool | str = False,
+) -> list[np.ndarray]:
+    """:func:`option_logprobs` without steering, through an on-disk cache (keyed by the model's
+    fingerprint, the items, ``prefix`` and the scoring path), so an interrupted or repeated
+    evaluation does not score them again. A damaged entry is recomputed with a warning."""
+    h = hashlib.sha256(json.dumps([SCORES_VERSION, lm.fingerprint, prefix, shared_prompt]).encode())
+    for item in items:
+        h.update(hashlib.sha256(json.dumps([item.prompt, item.choices]).encode()).digest())
+    path = cache_root() / "scores" / f"{h.hexdigest()[:32]}.safetensors"
+    counts = [len(item.choices) for item in items]
+    if path.exists():
+        try:
+            flat = load_tensors(path)[0]["scores"].numpy()
+            if flat.shape != (sum(counts), 2):
+                raise CorruptFileError(f"{path} holds scores of another shape {flat.shape}")
+            return np.split(flat, np.cumsum(counts)[:-1])
+        except (CorruptFileError, KeyError) as exc:
+            what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
+            warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=2)
+            path.unlink(missing_ok=True)
+    out = option_logprobs(
+        lm,
+        items,
+        prefix=prefix,
+        batch_size=batch_size,
+        shared_prompt=shared_prompt,
+        progress=progress,
+    )
+    save_tensors(path, {"scores": torch.from_numpy(np.concatenate(out))})
+    return out
+
+
+def _reduce(per_token: torch.Tensor) -> np.ndarray:
+    """NaN-padded per-token log-likelihoods ``[n, T]`` → ``[n, 2]``: their sum and mean."""
+    per_token = per_token.double()
+    valid = ~torch.isnan(per_token)
+    total = torch.where(valid, per_token, 0.0).sum(1)
+    return torch.stack([total, total / valid.sum(1)], 1).numpy()
 
 
 def mc_correct(scores: Sequence[np.ndarray], items: Sequence[Item], norm: Norm) -> np.ndarray:

