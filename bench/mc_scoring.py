@@ -13,10 +13,11 @@ Three ways to score the same items on the same loaded model (float32, 2 threads)
   ``loglikelihood`` on one request per (prompt, choice) (``batch_size`` requests per forward);
   only the scoring call is timed, not lm-eval's task set-up.
 
-The choices are given to lm-eval exactly as we score them (``continuation``: a space unless the
-prompt ends in one or the choice starts with one). lm-eval's ``acc`` ranks the summed
-log-likelihood (our ``sum``); its ``acc_norm`` ranks it per character of the choice text. Both
-picks are compared item by item, with the largest log-likelihood difference.
+The choices are given to lm-eval as we score them (``continuation``: a space unless the prompt
+ends in one or the choice starts with one); lm-eval, like us, scores a prompt's trailing
+whitespace with the choice. lm-eval's ``acc`` ranks the summed log-likelihood (our ``sum``); its
+``acc_norm`` ranks it per character of the choice text. Both picks are compared item by item,
+with the largest log-likelihood difference.
 
 Variants run in a shuffled order within each repeat; the table gives the median seconds and
 scored options per second, and ratios of summed times.

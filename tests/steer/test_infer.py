@@ -30,6 +30,9 @@ def test_pad_ids_on_either_side():
 def test_length_batches_group_similar_lengths_longest_first():
     assert length_batches([3, 9, 1, 5, 7], 2) == [[1, 4], [3, 0], [2]]
     assert length_batches([2, 2, 2], 8) == [[0, 1, 2]]
+    # min_fill: a batch ends before a row shorter than that share of its longest
+    assert length_batches([10, 9, 8, 7, 3, 3], 8, min_fill=0.8) == [[0, 1, 2], [3], [4, 5]]
+    assert length_batches([10, 9, 8, 7, 3, 3], 2, min_fill=0.8) == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_the_request_is_parsed_once_and_sliced_per_batch():

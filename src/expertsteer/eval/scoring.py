@@ -27,6 +27,7 @@ __all__ = [
     "generation_scores",
     "mc_correct",
     "option_logprobs",
+    "scored_pair",
     "unsteered_logprobs",
 ]
 
@@ -39,6 +40,14 @@ def continuation(prompt: str, choice: str) -> str:
     if not prompt or prompt[-1].isspace() or choice[:1].isspace():
         return choice
     return " " + choice
+
+
+def scored_pair(prompt: str, choice: str) -> tuple[str, str]:
+    """(context, scored text) for one choice, as lm-evaluation-harness forms them: the prompt's
+    trailing whitespace moves to the front of the scored text (``"A:\n" + "yes"`` scores
+    ``"\nyes"`` after ``"A:"``), so both score the same tokens."""
+    context = prompt.rstrip()
+    return context, prompt[len(context) :] + continuation(prompt, choice)
 
 
 def option_logprobs(
@@ -54,6 +63,8 @@ def option_logprobs(
 ) -> list[np.ndarray]:
     """Per item a ``[n_choices, 2]`` array: the summed and the per-token mean log-likelihood
     of each choice given ``prefix + prompt``, under ``plan`` (scaled by ``alpha``) if given.
+    What is scored is :func:`scored_pair`'s text (a trailing space or newline of the prompt
+    is scored with the choice, as lm-eval does).
 
     ``plan`` is one plan for every item or one (or ``None``) per item. ``shared_prompt`` runs
     each prompt once and its choices on its KV cache (:func:`choice_logprobs`; ``batch_size``
@@ -61,21 +72,22 @@ def option_logprobs(
     score the same tokens.
     """
     kw = {"plan": plan, "alpha": alpha} if plan is not None else {}
+    pairs = [[scored_pair(prefix + item.prompt, c) for c in item.choices] for item in items]
     if shared_prompt:
         blocks = choice_logprobs(
             lm,
-            [prefix + item.prompt for item in items],
-            [[continuation(item.prompt, c) for c in item.choices] for item in items],
+            [ps[0][0] for ps in pairs],
+            [[text for _, text in ps] for ps in pairs],
             batch_size=batch_size,
             progress=progress,
             **kw,
         )
         return [_reduce(b) for b in blocks]
     prompts, conts, plans = [], [], []
-    for k, item in enumerate(items):
-        for choice in item.choices:
-            prompts.append(prefix + item.prompt)
-            conts.append(continuation(item.prompt, choice))
+    for k, ps in enumerate(pairs):
+        for context, text in ps:
+            prompts.append(context)
+            conts.append(text)
             plans.append(plan if plan is None or isinstance(plan, SteeringPlan) else plan[k])
     if plan is not None and not isinstance(plan, SteeringPlan):
         kw["plan"] = plans
@@ -90,7 +102,7 @@ def option_logprobs(
     return out
 
 
-SCORES_VERSION = 1  # bump when what an unsteered score means changes
+SCORES_VERSION = 2  # bump when what an unsteered score means changes
 
 
 def unsteered_logprobs(

@@ -102,10 +102,23 @@ def pad_ids(seqs: list[list[int]], fill: int, side: str, device) -> tuple[Tensor
     return ids.to(device), mask.to(device)
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by similar length (little padding), longest first."""
+def length_batches(lengths: list[int], batch_size: int, min_fill: float = 0.0) -> list[list[int]]:
+    """Indices grouped by similar length (little padding), longest first.
+
+    A batch also ends before a row shorter than ``min_fill`` × its longest row, so padding
+    never exceeds ``1 - min_fill`` of a batch (0: batches of ``batch_size`` only).
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if (
+            not batches
+            or len(batches[-1]) == batch_size
+            or (lengths[i] < min_fill * lengths[batches[-1][0]])
+        ):
+            batches.append([])
+        batches[-1].append(i)
+    return batches
 
 
 def pad_token_id(lm: LoadedModel) -> int:
