@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 from expertsteer import io as io_mod
 from expertsteer.io import CorruptFileError
 from expertsteer.plan import CONFIG_NAME, TENSORS_NAME, ModelInfo, PlanMismatchError, SteeringPlan
-from tiny import tiny_model
+from tiny import plan_with_norms, tiny_model, unit
 
 TARGET = ModelInfo("tiny", "abc123", n_layers=4, hidden_size=8)
-
-
-def unit(d, seed):
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
 
 
 def make_plan(**kw):
@@ -202,24 +197,9 @@ def test_plan_does_not_import_the_hooks():
 # --- reliability (from tests/test_reliability.py): files atomic, checksummed, strict ------------
 
 
-def plan_for(lm, alphas=None):
-    alphas = alphas or {1: 2.0}
-    gen = torch.Generator().manual_seed(0)
-    vectors = {
-        j: torch.nn.functional.normalize(torch.randn(lm.hidden_size, generator=gen), dim=0)
-        for j in alphas
-    }
-    return SteeringPlan(
-        vectors=vectors,
-        alphas=alphas,
-        target=ModelInfo.of(lm),
-        layer_norms={j: 10.0 for j in alphas},
-    )
-
-
 def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
     lm = tiny_model("llama")
-    old = plan_for(lm, alphas={1: 2.0})
+    old = plan_with_norms(lm, alphas={1: 2.0})
     old.save_pretrained(tmp_path / "p")
 
     def half_write(tensors, filename, metadata=None):
@@ -228,7 +208,7 @@ def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io_mod, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        plan_for(lm, alphas={1: 3.0}).save_pretrained(tmp_path / "p")
+        plan_with_norms(lm, alphas={1: 3.0}).save_pretrained(tmp_path / "p")
     monkeypatch.undo()
     assert SteeringPlan.from_pretrained(tmp_path / "p").alphas == {1: 2.0}
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [CONFIG_NAME, TENSORS_NAME]
@@ -236,14 +216,14 @@ def test_a_failed_write_keeps_the_previous_plan(tmp_path, monkeypatch):
 
 def test_a_crash_between_the_two_plan_files_is_detected(tmp_path, monkeypatch):
     lm = tiny_model("llama")
-    plan_for(lm, alphas={1: 2.0}).save_pretrained(tmp_path / "p")
+    plan_with_norms(lm, alphas={1: 2.0}).save_pretrained(tmp_path / "p")
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # killed after the tensors, before the JSON
 
     monkeypatch.setattr("expertsteer.plan.write_json", crash)
     with pytest.raises(KeyboardInterrupt):
-        plan_for(lm, alphas={1: 3.0, 2: 1.0}).save_pretrained(tmp_path / "p")
+        plan_with_norms(lm, alphas={1: 3.0, 2: 1.0}).save_pretrained(tmp_path / "p")
     with pytest.raises(CorruptFileError) as info:
         SteeringPlan.from_pretrained(tmp_path / "p")
     assert "checksums differ): the folder was partly overwritten" in str(info.value)
@@ -263,7 +243,7 @@ def test_a_crash_between_the_two_plan_files_is_detected(tmp_path, monkeypatch):
     ],
 )
 def test_damaged_plan_json(tmp_path, mutate, message):
-    plan_for(tiny_model("llama")).save_pretrained(tmp_path)
+    plan_with_norms(tiny_model("llama")).save_pretrained(tmp_path)
     cfg_path = tmp_path / CONFIG_NAME
     new = mutate(json.loads(cfg_path.read_text()))
     cfg_path.write_text(new if isinstance(new, str) else json.dumps(new))
@@ -273,7 +253,7 @@ def test_damaged_plan_json(tmp_path, mutate, message):
 
 
 def test_truncated_plan_tensors(tmp_path):
-    plan_for(tiny_model("llama")).save_pretrained(tmp_path)
+    plan_with_norms(tiny_model("llama")).save_pretrained(tmp_path)
     t = tmp_path / TENSORS_NAME
     t.write_bytes(t.read_bytes()[:-10])
     with pytest.raises(CorruptFileError, match="is not a readable safetensors file"):
@@ -283,18 +263,18 @@ def test_truncated_plan_tensors(tmp_path):
 def test_unknown_plan_layers():
     """The plan part of test_reliability.py::test_unknown_layer_indices."""
     lm = tiny_model("llama")
-    plan = plan_for(lm)
+    plan = plan_with_norms(lm)
     with pytest.raises(ValueError, match=r"layers \[9\] are not among the plan's layers \[1\]"):
         plan.select([9])
     with pytest.raises(ValueError, match="layer 3 is outside the target's 3 layers"):
-        plan_for(lm, alphas={3: 1.0})
+        plan_with_norms(lm, alphas={3: 1.0})
 
 
 def test_plans_for_another_target_do_not_add():
     """The plan part of test_reliability.py::test_plan_for_another_target."""
     lm, other = tiny_model("llama"), tiny_model("llama", seed=5)
     with pytest.raises(PlanMismatchError, match="combine plans fitted for the same target"):
-        plan_for(lm) + plan_for(other)
+        plan_with_norms(lm) + plan_with_norms(other)
 
 
 # --- fuzz (from tests/test_fuzz.py): the loader gives a valid plan or a CorruptFileError -------

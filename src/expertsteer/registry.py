@@ -9,11 +9,38 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+_P = TypeVar("_P", bound="HyperParams")
+
+
+class HyperParams:
+    """scikit-learn's convention for a registered class (aligners, estimators): the named
+    arguments of ``__init__`` are its hyper-parameters, kept as attributes of the same name;
+    learned state ends in ``_`` and is not copied by :meth:`clone`."""
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Hyper-parameter names: the named arguments of ``__init__``."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return [p.name for p in params if p.kind in named and p.name != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters by name, as passed to ``__init__``."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def clone(self: _P) -> _P:
+        """A fresh, unfitted instance with the same hyper-parameters (copied, not shared)."""
+        return type(self)(**copy.deepcopy(self.get_params()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
 
 class UnknownNameError(ValueError):

@@ -6,35 +6,15 @@ import torch
 from transformers import StoppingCriteria
 
 from expertsteer.plan import ModelInfo, SteeringPlan
+from tiny import n_hooks, plan_with_norms, unit  # noqa: F401  (re-exported to the steer tests)
 
 PROMPTS = ["hello world", "ab", "The quick brown fox", "xyz q"]
-
-
-def unit(d, seed):
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
 
 
 def make_plan(lm, alphas=None, seed=0):
     alphas = alphas or {1: 3.0}
     vectors = {j: unit(lm.hidden_size, seed + j) for j in alphas}
     return SteeringPlan(vectors=vectors, alphas=alphas, target=ModelInfo.of(lm))
-
-
-def plan_with_norms(lm, alphas=None, norms=None) -> SteeringPlan:
-    """A plan with recorded layer norms (10 by default), as the reliability cases build it."""
-    alphas = alphas or {1: 2.0}
-    gen = torch.Generator().manual_seed(0)
-    vectors = {
-        j: torch.nn.functional.normalize(torch.randn(lm.hidden_size, generator=gen), dim=0)
-        for j in alphas
-    }
-    return SteeringPlan(
-        vectors=vectors,
-        alphas=alphas,
-        target=ModelInfo.of(lm),
-        layer_norms=norms if norms is not None else {j: 10.0 for j in alphas},
-    )
 
 
 class Capture:
@@ -55,11 +35,6 @@ class Capture:
     def remove(self):
         for h in self.handles:
             h.remove()
-
-
-def n_hooks(lm):
-    """Forward and pre-forward hooks on every module of the model."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
 
 
 def batch(lm, texts, side):

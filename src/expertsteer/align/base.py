@@ -12,13 +12,12 @@ Fitting runs on the CPU whatever device the inputs are on; ``transform`` runs on
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from expertsteer.registry import HyperParams
 from expertsteer.types import Tensor
 
 if TYPE_CHECKING:
@@ -112,7 +111,7 @@ def fold(W: Tensor, b: Tensor, s_in: Scaler, s_out: Scaler) -> tuple[Tensor, Ten
     return weight, bias
 
 
-class Aligner:
+class Aligner(HyperParams):
     """Affine map from expert hidden states (d_E) to target-width vectors (d_T).
 
     After :meth:`fit`: ``weight_`` [d_T, d_E] and ``bias_`` [d_T] (float32, original units, so
@@ -127,27 +126,6 @@ class Aligner:
     weight_: Tensor
     bias_: Tensor
     quality_: dict[str, float]
-
-    # -- hyper-parameters ---------------------------------------------------------------------
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Hyper-parameter names: the named arguments of ``__init__``."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return [p.name for p in params if p.kind in named and p.name != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        """Hyper-parameters by name, as passed to ``__init__``."""
-        return {name: getattr(self, name) for name in self.param_names()}
-
-    def clone(self) -> Self:
-        """A fresh, unfitted aligner with the same hyper-parameters (copied, not shared)."""
-        return type(self)(**copy.deepcopy(self.get_params()))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     # -- fit / transform ----------------------------------------------------------------------
 

@@ -8,14 +8,13 @@ projection of the positives above that of the negatives.
 
 from __future__ import annotations
 
-import copy
-import inspect
 from abc import ABC, abstractmethod
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
 from expertsteer.estimators.metrics import auc, separation
+from expertsteer.registry import HyperParams
 from expertsteer.types import MIN_PER_CLASS, Tensor
 
 __all__ = ["DirectionEstimator"]
@@ -23,7 +22,7 @@ __all__ = ["DirectionEstimator"]
 _E = TypeVar("_E", bound="DirectionEstimator")
 
 
-class DirectionEstimator(ABC):
+class DirectionEstimator(HyperParams, ABC):
     """Base class: validates inputs, fixes the sign, and fills the common ``stats_``.
 
     Subclasses implement :meth:`_fit_direction`, returning an (unnormalised) float64 direction and
@@ -32,27 +31,6 @@ class DirectionEstimator(ABC):
 
     direction_: Tensor
     stats_: dict[str, float]
-
-    # -- hyper-parameters ---------------------------------------------------------------------
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Hyper-parameter names: the named arguments of ``__init__``."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return [p.name for p in params if p.kind in named and p.name != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        """Hyper-parameters by name, as passed to ``__init__``."""
-        return {name: getattr(self, name) for name in self.param_names()}
-
-    def clone(self: _E) -> _E:
-        """A fresh, unfitted estimator with the same hyper-parameters (copied, not shared)."""
-        return type(self)(**copy.deepcopy(self.get_params()))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     # -- fit / project ------------------------------------------------------------------------
 
