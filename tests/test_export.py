@@ -16,7 +16,7 @@ from expertsteer.extract import extract
 from expertsteer.io import CorruptFileError
 from expertsteer.plan import CONFIG_NAME, TENSORS_NAME, ModelInfo, SteeringPlan
 from expertsteer.steer import attach
-from tiny import tiny_model
+from tiny import export_plan, tiny_model, unit
 
 
 @pytest.fixture(autouse=True)
@@ -50,25 +50,6 @@ def lm():
     return tiny_model("llama", n_layers=4)
 
 
-def unit(d, seed):
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
-
-
-def make_plan(lm, alphas=None):
-    alphas = alphas or {1: 2.0, 3: -1.25}
-    return SteeringPlan(
-        vectors={j: unit(lm.hidden_size, 10 + j) for j in alphas},
-        alphas=alphas,
-        target=ModelInfo.of(lm),
-        method="mean-diff",
-        pairs=[(5, j) for j in alphas],
-        layer_norms={j: 7.0 + j for j in alphas},
-        config={"alpha_scale": 0.15},
-        provenance={"data": "unit-test"},
-    )
-
-
 def logits(lm, text="hello world", **steer):
     ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
     if not steer:
@@ -81,7 +62,7 @@ def logits(lm, text="hello world", **steer):
 
 
 def test_repeng_reads_our_file(tmp_path, lm, repeng):
-    plan = make_plan(lm)
+    plan = export_plan(lm)
     path = export_gguf(plan, tmp_path / "v.gguf", alpha=0.5, model_hint="llama")
     cv = repeng.ControlVector.import_gguf(str(path))
     assert cv.model_type == "llama"
@@ -96,7 +77,7 @@ def test_repeng_reads_our_file(tmp_path, lm, repeng):
 
 def test_layer_convention_matches_repeng_control_model(tmp_path, lm, repeng):
     """repeng's ControlModel wraps ``model.layers[N]`` for direction N: the same logits as ours."""
-    plan = make_plan(lm)
+    plan = export_plan(lm)
     ours = logits(lm, plan=plan, alpha=0.5)
     base = logits(lm)
     cv = repeng.ControlVector.import_gguf(str(export_gguf(plan, tmp_path / "v.gguf", alpha=0.5)))
@@ -163,7 +144,7 @@ def test_we_read_repengs_file(tmp_path, lm, repeng):
 
 
 def test_round_trip_unbaked_is_bit_exact(tmp_path, lm):
-    plan = make_plan(lm)
+    plan = export_plan(lm)
     path = export_gguf(plan, tmp_path / "v.gguf", bake_alpha=False)
     directions, meta = read_gguf(path)
     for j in plan.layers:  # the file holds the unit vectors themselves
@@ -186,7 +167,7 @@ def test_round_trip_unbaked_is_bit_exact(tmp_path, lm):
 
 
 def test_round_trip_baked(tmp_path, lm):
-    plan = make_plan(lm)
+    plan = export_plan(lm)
     path = export_gguf(plan, tmp_path / "v.gguf", alpha=-0.5)
     directions, meta = read_gguf(path)
     assert meta["expertsteer.alpha_baked"] is True and meta["expertsteer.alpha"] == -0.5
@@ -202,7 +183,7 @@ def test_round_trip_baked(tmp_path, lm):
 
 def test_target_may_be_given_for_our_files(tmp_path, lm):
     other = tiny_model("llama", seed=1, n_layers=4)
-    path = export_gguf(make_plan(lm), tmp_path / "v.gguf")
+    path = export_gguf(export_plan(lm), tmp_path / "v.gguf")
     assert import_gguf(path, other).target == ModelInfo.of(other)
     with pytest.raises(ValueError, match="hidden size"):
         import_gguf(path, tiny_model("llama", d=16))
@@ -215,18 +196,18 @@ def test_target_may_be_given_for_our_files(tmp_path, lm):
 
 def test_block_zero_and_settings_refused(tmp_path, lm):
     with pytest.raises(ValueError, match="block 0"):
-        export_gguf(make_plan(lm, {0: 1.0, 2: 1.0}), tmp_path / "v.gguf")
+        export_gguf(export_plan(lm, {0: 1.0, 2: 1.0}), tmp_path / "v.gguf")
     with pytest.raises(ValueError, match="baked"):
-        export_gguf(make_plan(lm), tmp_path / "v.gguf", alpha=2.0, bake_alpha=False)
+        export_gguf(export_plan(lm), tmp_path / "v.gguf", alpha=2.0, bake_alpha=False)
     with pytest.raises(ValueError, match="finite"):
-        export_gguf(make_plan(lm), tmp_path / "v.gguf", alpha=float("nan"))
+        export_gguf(export_plan(lm), tmp_path / "v.gguf", alpha=float("nan"))
     assert list(tmp_path.iterdir()) == []  # nothing written, no temp files left
 
 
 def test_corrupt_and_foreign_files(tmp_path, lm):
     import gguf
 
-    path = export_gguf(make_plan(lm), tmp_path / "v.gguf")
+    path = export_gguf(export_plan(lm), tmp_path / "v.gguf")
     data = bytearray(path.read_bytes())
     data[-8] ^= 0xFF  # inside the last tensor's values
     bad = tmp_path / "bad.gguf"
@@ -251,7 +232,7 @@ def test_corrupt_and_foreign_files(tmp_path, lm):
 
 
 def test_overwrite_is_atomic(tmp_path, lm, monkeypatch):
-    path = export_gguf(make_plan(lm), tmp_path / "v.gguf")
+    path = export_gguf(export_plan(lm), tmp_path / "v.gguf")
     before = path.read_bytes()
     import gguf
 
@@ -260,7 +241,7 @@ def test_overwrite_is_atomic(tmp_path, lm, monkeypatch):
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
     with pytest.raises(OSError, match="disk full"):
-        export_gguf(make_plan(lm, {2: 5.0}), path)
+        export_gguf(export_plan(lm, {2: 5.0}), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.gguf"]
 

@@ -171,3 +171,32 @@ def plan_files_equal(a: Path, b: Path) -> None:
 def n_hooks(lm) -> int:
     """Forward and pre-forward hooks on every module of the model."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
+
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+
+
+def write_task(path, n: int = 48, seed: int = 0) -> str:
+    """A two-choice JSONL evaluation task of ``n`` items (tests/eval and tests/cli)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for k in range(n):
+            a, b = rng.sample(WORDS, 2)
+            rec = {"prompt": f"Q{k}: {a} or {b}?", "choices": [a, b], "answer": k % 2}
+            f.write(json.dumps(rec) + "\n")
+    return str(path)
+
+
+def export_plan(lm, alphas=None) -> SteeringPlan:
+    """A plan with pairs, norms, config and provenance: what the GGUF export must carry."""
+    alphas = alphas or {1: 2.0, 3: -1.25}
+    return SteeringPlan(
+        vectors={j: unit(lm.hidden_size, 10 + j) for j in alphas},
+        alphas=alphas,
+        target=ModelInfo.of(lm),
+        method="mean-diff",
+        pairs=[(5, j) for j in alphas],
+        layer_norms={j: 7.0 + j for j in alphas},
+        config={"alpha_scale": 0.15},
+        provenance={"data": "unit-test"},
+    )

@@ -11,8 +11,7 @@ import inspect
 import json
 import logging
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from .io import (
     atomic_path,
     cache_root,
     digest_entry,
+    drop_damaged,
     load_tensors,
     save_tensors,
 )
@@ -135,20 +135,14 @@ def _wanted_layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
 
 
 @torch.no_grad()
-def _forward_states(
-    lm: LoadedModel, batch: dict, layers: list[int], take: Callable[[Tensor], list[Tensor]]
-) -> list[list[Tensor]]:
-    """``take`` of the [B, T, d] output of each wanted block for one padded batch.
-
-    Read inside the hook, so no block output outlives its block: the next block's output
-    reuses its memory (keeping them all costs ~10 % of the forward on CPU).
-    """
-    captured: dict[int, list[Tensor]] = {}
+def _forward_states(lm: LoadedModel, batch: dict, layers: list[int]) -> list[Tensor]:
+    """[B, T, d] output of each wanted block for one padded batch."""
+    captured: dict[int, Tensor] = {}
     last = layers[-1]
 
     def hook_for(idx: int):
         def hook(_module, _inputs, output):
-            captured[idx] = take(output[0] if isinstance(output, tuple) else output)
+            captured[idx] = output[0] if isinstance(output, tuple) else output
             if idx == last:
                 raise _StopForward
 
@@ -217,7 +211,7 @@ def extract(
             log.info("cache hit: %s states of %d texts from %s", lm.name, len(prepared), path)
             return states
         except (CorruptFileError, KeyError) as exc:
-            _drop_damaged(path, exc)
+            drop_damaged(path, exc)
     sink = _MemorySink()
     _run(lm, texts, wanted, position, batch_size, chat_template, max_length, padding_side,
          progress, sink)  # fmt: skip
@@ -257,7 +251,7 @@ def extract_to_cache(
             log.info("cache hit: %s states of %d texts in %s", lm.name, len(prepared), path)
             return path
         except CorruptFileError as exc:
-            _drop_damaged(path, exc)
+            drop_damaged(path, exc)
     with atomic_path(path) as tmp:
         sink = _FileSink(tmp, _metadata(lm, wanted))
         try:
@@ -272,13 +266,6 @@ def extract_to_cache(
 
 def _metadata(lm: LoadedModel, wanted: list[int]) -> dict[str, str]:
     return {"model": lm.name, "layers": json.dumps(wanted)}
-
-
-def _drop_damaged(path: Path, exc: Exception) -> None:
-    # A damaged entry (a crash mid-copy, a full disk, bit rot) is never trusted.
-    what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
-    warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=3)
-    path.unlink(missing_ok=True)
 
 
 class _MemorySink:
@@ -427,36 +414,32 @@ def _run(
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         if _accepts(lm.base, "use_cache"):
             batch["use_cache"] = False
-
-        def take(s: Tensor, rows=rows, offsets=offsets) -> list[Tensor]:
-            out = []
-            for r, i in enumerate(rows):
-                n, off = len(ids[i]), offsets[r]
-                if position == "last":
-                    out.append(s[r, off + n - 1].clone())  # a copy: the block output is freed
-                elif position == "mean":
-                    lo = off + 1 if n > 1 else off  # the first token is an attention sink
-                    out.append(s[r, lo : off + n].mean(0))
-                else:
-                    idx = torch.tensor(
-                        [p % n + off for p in position[i]], dtype=torch.long, device=s.device
-                    )
-                    out.append(s[r].index_select(0, idx))
-            return out
-
-        per_layer = _forward_states(lm, batch, wanted, take)
-        read = [[sel[r] for sel in per_layer] for r in range(len(rows))]
+        states = _forward_states(lm, batch, wanted)
+        read: list[list[Tensor]] = []
+        for r, i in enumerate(rows):
+            n, off = len(ids[i]), offsets[r]
+            if position == "last":
+                sel = [s[r, off + n - 1] for s in states]
+            elif position == "mean":
+                lo = off + 1 if n > 1 else off  # the first token is an attention sink
+                sel = [s[r, lo : off + n].mean(0) for s in states]
+            else:
+                idx = torch.tensor(
+                    [p % n + off for p in position[i]], dtype=torch.long, device=states[0].device
+                )
+                sel = [s[r].index_select(0, idx) for s in states]
+            read.append(sel)
         # Only the states read are checked (padding may hold NaN harmlessly), once per batch:
         # fail at the first bad batch, not after all of them.
         _check_finite(lm, read, wanted)
-        d = per_layer[0][0].shape[-1]
+        d = states[0].shape[-1]
         if not started:
             sink.start((len(wanted), first[-1] + count[-1], d))
             started = True
         for i, sel in zip(rows, read):
             for k, t in enumerate(sel):
                 sink.put(k, first[i], t.reshape(count[i], d))
-        del per_layer, read
+        del states, read
         bar.update(len(rows))
     bar.close()
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,15 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if expected is not None and tensors_digest(tensors) != expected:
         raise CorruptFileError(f"{path} is corrupted: its checksum does not match its content")
     return tensors, meta
+
+
+def drop_damaged(path: Path, exc: Exception) -> None:
+    """Warn about and delete a damaged cache entry: a crash mid-copy, a full disk or bit rot
+    leaves a file that is never trusted; the caller recomputes it."""
+    what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
+    # stacklevel 3: the warning names the code that asked for the entry
+    warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=3)
+    path.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

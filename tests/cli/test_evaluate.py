@@ -11,20 +11,7 @@ from typer.testing import CliRunner
 from expertsteer.cli import app
 from expertsteer.cli import args as cli_args
 from expertsteer.cli.evaluate import DEMO_METHODS
-from tiny import NEG, POS, tiny_model
-
-WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
-
-
-def write_task(path, n=48, seed=0):
-    """A two-choice JSONL task (as tests/eval/test_runner.py writes it)."""
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for k in range(n):
-            a, b = rng.sample(WORDS, 2)
-            rec = {"prompt": f"Q{k}: {a} or {b}?", "choices": [a, b], "answer": k % 2}
-            f.write(json.dumps(rec) + "\n")
-    return str(path)
+from tiny import NEG, POS, tiny_model, write_task
 
 
 def test_cli_eval_on_saved_tiny_model(tmp_path):

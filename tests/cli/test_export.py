@@ -9,23 +9,8 @@ from expertsteer.cli import app
 from expertsteer.cli.export import EXPORT_FORMATS
 from expertsteer.export import read_gguf
 from expertsteer.models import load_model
-from expertsteer.plan import ModelInfo, SteeringPlan
-from tiny import tiny_model, unit
-
-
-def export_plan(lm, alphas=None) -> SteeringPlan:
-    """A plan with pairs, norms, config and provenance (as tests/test_export.py builds it)."""
-    alphas = alphas or {1: 2.0, 3: -1.25}
-    return SteeringPlan(
-        vectors={j: unit(lm.hidden_size, 10 + j) for j in alphas},
-        alphas=alphas,
-        target=ModelInfo.of(lm),
-        method="mean-diff",
-        pairs=[(5, j) for j in alphas],
-        layer_norms={j: 7.0 + j for j in alphas},
-        config={"alpha_scale": 0.15},
-        provenance={"data": "unit-test"},
-    )
+from expertsteer.plan import SteeringPlan
+from tiny import export_plan, tiny_model
 
 
 def test_cli_export_and_import(tmp_path):

@@ -1,5 +1,4 @@
 import json
-import random
 
 import numpy as np
 import pytest
@@ -7,21 +6,9 @@ import pytest
 from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.scoring import mc_correct, option_logprobs
 from expertsteer.io import cache_root
-from tiny import tiny_model
+from tiny import tiny_model, write_task
 
 REAL_TARBALL = cache_root() / "downloads" / "bigbench-1.0.0.tar.gz"
-
-WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
-
-
-def write_task(path, n=48, seed=0):
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for k in range(n):
-            a, b = rng.sample(WORDS, 2)
-            rec = {"prompt": f"Q{k}: {a} or {b}?", "choices": [a, b], "answer": k % 2}
-            f.write(json.dumps(rec) + "\n")
-    return str(path)
 
 
 @pytest.fixture(autouse=True)

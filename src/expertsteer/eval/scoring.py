@@ -6,14 +6,13 @@ import hashlib
 import json
 import re
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ..io import CorruptFileError, cache_root, load_tensors, save_tensors
+from ..io import CorruptFileError, cache_root, drop_damaged, load_tensors, save_tensors
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from ..steer import PlanArg, choice_logprobs, generate, sequence_logprobs
@@ -129,9 +128,7 @@ def unsteered_logprobs(
                 raise CorruptFileError(f"{path} holds scores of another shape {flat.shape}")
             return np.split(flat, np.cumsum(counts)[:-1])
         except (CorruptFileError, KeyError) as exc:
-            what = str(exc) if isinstance(exc, CorruptFileError) else f"{path} lacks {exc}"
-            warnings.warn(f"damaged cache entry, recomputing it: {what}", stacklevel=2)
-            path.unlink(missing_ok=True)
+            drop_damaged(path, exc)
     out = option_logprobs(
         lm,
         items,

@@ -180,16 +180,7 @@ class SteeringHandle:
             self._prompt_len = plen = plen.to(pos.device)
             if self._select is not None:
                 self._select = self._select.to(pos.device)
-        plen = plen[:, None]
-        kind = self.scope.kind
-        if kind == "prompt":
-            return pos < plen
-        if kind == "generated":
-            return pos >= plen
-        if kind == "last":
-            return (pos >= plen - self.scope.k) & (pos < plen)
-        sel = self._select
-        return sel.gather(1, pos.clamp(0, sel.shape[1] - 1)) & (pos < plen)
+        return self.scope.mask(pos, plen[:, None], self._select)
 
     def _set_prompt(self, lengths: Tensor) -> None:
         self._prompt_len = lengths.long()

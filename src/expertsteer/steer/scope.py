@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from ..registry import Registry
+from ..types import Tensor
 
 # "all" | "prompt" | "generated" | "last:K" | ("last", K) | per-row prompt positions
 Scope = str | tuple[str, int] | Sequence[Sequence[int]]
@@ -66,23 +69,32 @@ class TokenScope:
             return self
         return TokenScope("positions", positions=tuple(self.positions[i] for i in rows))
 
-    def steered(self, prompt_len: int, n: int, row: int = 0) -> list[bool]:
-        """Whether each of a sequence's first ``n`` real tokens is steered (row ``row``).
-
-        The single-row form of the mask the hooks build per forward call (out-of-range explicit
-        positions are left out here; the hooks refuse them).
-        """
-        pos = range(n)
+    def mask(self, pos: Tensor, prompt_len: Tensor, select: Tensor | None = None) -> Tensor:
+        """Which tokens are steered (bool, ``pos``'s shape): ``pos`` their absolute positions
+        ``[B, T]``, ``prompt_len`` each row's prompt length ``[B, 1]``; ``positions`` scopes
+        need ``select``, a ``[B, L]`` bool map of the chosen prompt positions."""
         if self.kind == "all":
-            return [True] * n
+            return torch.ones_like(pos, dtype=torch.bool)
         if self.kind == "prompt":
-            return [q < prompt_len for q in pos]
+            return pos < prompt_len
         if self.kind == "generated":
-            return [q >= prompt_len for q in pos]
+            return pos >= prompt_len
         if self.kind == "last":
-            return [prompt_len - self.k <= q < prompt_len for q in pos]
-        chosen = {p % prompt_len for p in self.positions[row] if -prompt_len <= p < prompt_len}
-        return [q in chosen for q in pos]
+            return (pos >= prompt_len - self.k) & (pos < prompt_len)
+        assert select is not None, "a positions scope needs its select map"
+        return select.gather(1, pos.clamp(0, select.shape[1] - 1)) & (pos < prompt_len)
+
+    def steered(self, prompt_len: int, n: int, row: int = 0) -> list[bool]:
+        """:meth:`mask` for one sequence's first ``n`` tokens (row ``row`` of the scope's
+        positions; out-of-range explicit positions are left out here, the hooks refuse them)."""
+        select = None
+        if self.kind == "positions":
+            select = torch.zeros(1, max(prompt_len, 1), dtype=torch.bool)
+            for p in self.positions[row]:
+                if -prompt_len <= p < prompt_len:
+                    select[0, p % prompt_len] = True
+        pos = torch.arange(n)[None]
+        return self.mask(pos, torch.tensor([[prompt_len]]), select)[0].tolist()
 
     def __str__(self) -> str:
         """The written form: ``all``, ``last:3``, … (positions as their row lists)."""
