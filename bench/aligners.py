@@ -25,8 +25,8 @@ from expertsteer.pipeline import ExpertSteer
 
 def row(name: str, plan, seconds: float, states, y) -> str:
     """Metrics against the TRUE labels on the target's own states (the null used shuffled)."""
-    q = plan.provenance["aligner_quality"]
-    r2 = [q[str(i)]["r2_val"] for i, _ in plan.pairs]
+    q = plan.provenance["pair_aligner_quality"]  # the map each vector went through
+    r2 = [q[str(j)]["r2_val"] for _, j in plan.pairs]
     auc = [auc(states[j] @ v, y) for j, v in plan.vectors.items()]
     own = {j: MeanDiff().fit(states[j], y).direction_ for j in plan.layers}
     cos = [float(v @ own[j]) for j, v in plan.vectors.items()]

@@ -15,7 +15,7 @@ TESTS = ROOT / "tests"
 # Lowest first: a module may import its own layer or below, never above. The order is the
 # method's data flow (README, "How the code is laid out").
 LAYERS: list[tuple[str, ...]] = [
-    ("expertsteer", "types", "registry", "deps", "io", "tokens"),  # root: only __version__
+    ("expertsteer", "types", "registry", "deps", "io", "tokens", "provenance"),  # root
     ("catalog", "layers"),
     ("models",),
     ("extract", "data"),

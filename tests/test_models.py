@@ -3,7 +3,7 @@ import torch
 
 from expertsteer.extract import extract
 from expertsteer.layers import BlocksNotFoundError
-from expertsteer.models import ModelLoadError, fingerprint, load_model
+from expertsteer.models import ModelLoadError, fingerprint, load_model, reinitialised
 from tiny import tiny_model
 
 
@@ -72,3 +72,23 @@ def test_unloadable_model_names(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ModelLoadError, match="is neither a catalog model .*an existing path"):
         load_model("./no/such/folder")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_reinitialised_model_has_fresh_weights_and_the_same_architecture(arch):
+    lm = tiny_model(arch, seed=0)
+    before = torch.get_rng_state()
+    fresh = reinitialised(lm, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
+    assert type(fresh.model) is type(lm.model) and fresh.tokenizer is lm.tokenizer
+    assert fresh.n_layers == lm.n_layers and fresh.hidden_size == lm.hidden_size
+    assert fresh.fingerprint != lm.fingerprint and "random init, seed 5" in fresh.name
+    old = dict(lm.model.named_parameters())
+    for name, p in fresh.model.named_parameters():
+        assert p.shape == old[name].shape and p.dtype == old[name].dtype
+        if p.numel() > 1 and old[name].std() > 0:  # constant inits (norm weights = 1) aside
+            assert not torch.equal(p, old[name]), name
+    again = reinitialised(lm, seed=5)
+    for (_, p), (_, q) in zip(fresh.model.named_parameters(), again.model.named_parameters()):
+        assert torch.equal(p, q)  # seeded
+    assert reinitialised(lm, seed=6).fingerprint != fresh.fingerprint

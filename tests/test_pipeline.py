@@ -68,6 +68,7 @@ def test_fit_across_families_and_widths(models, aligner, pairing, estimator, rou
         "align",
         "mi",
         "pairing",
+        "pair_align",
         "vectors",
     }
     plan.save_pretrained(tmp_path / "plan")
@@ -292,3 +293,143 @@ def test_same_seed_bit_identical_plans_python_api(tmp_path, monkeypatch):
         own.save_pretrained(tmp_path / f"rfm-{run}")
     plan_files_equal(tmp_path / "es-a", tmp_path / "es-b")
     plan_files_equal(tmp_path / "rfm-a", tmp_path / "rfm-b")
+
+
+# --- alignment maps: split by text, and a map per chosen pair ---------------------------------
+
+
+def test_alignment_maps_hold_out_whole_texts(models, monkeypatch):
+    from expertsteer.extract import encode
+    from expertsteer.tokens import shared_token_ends
+
+    expert, target = models
+    seen = []
+    real_fit = Aligner.fit
+
+    def spy(self, X_e, X_t=None, groups=None):
+        seen.append(groups)
+        return real_fit(self, X_e, X_t, groups)
+
+    monkeypatch.setattr(Aligner, "fit", spy)
+    texts = align_texts()
+    est = ExpertSteer(expert, target, n_pairs=2, align_texts=texts, progress=False)
+    plan = est.fit(synthetic())
+    # group k = the rows of alignment text k: its shared token ends (at most 32), in order
+    enc_e = encode(expert, texts, offsets=True, max_length=96)
+    enc_t = encode(target, texts, offsets=True, max_length=96)
+    counts = [
+        min(len(shared_token_ends(a["offsets"], b["offsets"])), 32) for a, b in zip(enc_e, enc_t)
+    ]
+    want = torch.arange(len(texts)).repeat_interleave(torch.tensor(counts))
+    assert len(seen) == expert.n_layers and all(torch.equal(g, want) for g in seen)
+    for q in plan.provenance["aligner_quality"].values():
+        assert q["split"] == "groups" and q["n_val_groups"] >= 1
+
+
+P_LAYER = 1  # the expert layer the planted target states are a linear image of
+
+
+def planted_states(monkeypatch, tmp_path, expert, target):
+    """Replace the forward passes: alignment states with target layer j = A_j · expert layer 1
+    (exactly, a different A_j per j), and contrast states whose expert layer 1 separates the
+    labels along a known direction. Returns (A [L_T, d_T, d_E], mean difference d [d_E])."""
+    import expertsteer.pipeline as pipeline
+    from expertsteer.io import save_tensors
+
+    gen = torch.Generator().manual_seed(0)
+    d_e, d_t = expert.hidden_size, target.hidden_size
+    A = torch.randn(target.n_layers, d_t, d_e, generator=gen) / d_e**0.5
+    shift = torch.randn(d_e, generator=gen)
+
+    def fake_cache(lm, texts, *, position, **kw):
+        n = sum(map(len, position))
+        g = torch.Generator().manual_seed(1)
+        E = torch.randn(expert.n_layers, n, d_e, generator=g)
+        states = E if lm is expert else torch.einsum("pe,jte->jpt", E[P_LAYER], A)
+        path = tmp_path / f"{lm.name}.safetensors"
+        save_tensors(path, {"states": states})
+        return path
+
+    def fake_extract(lm, texts, **kw):
+        g = torch.Generator().manual_seed(2 if lm is expert else 3)
+        X = torch.randn(lm.n_layers, len(texts), lm.hidden_size, generator=g)
+        if lm is expert:
+            X[P_LAYER, ::2] += shift  # synthetic(): even texts are the positives
+        return X
+
+    monkeypatch.setattr(pipeline, "extract_to_cache", fake_cache)
+    monkeypatch.setattr(pipeline, "extract", fake_extract)
+    return A, shift
+
+
+@pytest.mark.parametrize("route", ["encoded", "expert"])
+def test_the_vector_of_a_pair_goes_through_that_pairs_map(models, monkeypatch, tmp_path, route):
+    expert, target = models
+    A, _ = planted_states(monkeypatch, tmp_path, expert, target)
+    data = synthetic()
+    y = data.labels.bool()
+    est = ExpertSteer(
+        expert,
+        target,
+        pairing="given",
+        given_pairs=[(P_LAYER, 3)],
+        estimator="mean-diff",
+        route=route,
+        align_texts=align_texts(),
+        progress=False,
+    )
+    plan = est.fit(data)
+    assert est.quality_[str(P_LAYER)]["target_layer"] == 1  # depth-matched: 1 of 5 → 1 of 4
+    X = est.expert_states_[P_LAYER]
+    d = X[y].mean(0) - X[~y].mean(0)
+
+    def through(j):
+        v = A[j] @ d
+        return v / v.norm()
+
+    torch.testing.assert_close(plan.vectors[3], through(3), atol=1e-4, rtol=0)
+    assert float(plan.vectors[3] @ through(1)) < 0.5  # not the depth-matched map's vector
+    q = plan.provenance["pair_aligner_quality"]["3"]
+    assert (q["expert_layer"], q["target_layer"], q["map"]) == (P_LAYER, 3, "pair")
+    assert q["r2_val"] > 0.999 and q["split"] == "groups"
+    # a pair at the depth-matched layer keeps step 1's map
+    same = est.replan(data, given_pairs=[(P_LAYER, 1)])
+    torch.testing.assert_close(same.vectors[1], through(1), atol=1e-4, rtol=0)
+    assert same.provenance["pair_aligner_quality"]["1"]["map"] == "layer"
+
+
+def test_pair_maps_are_fitted_once_and_only_for_target_aware_aligners(
+    models, monkeypatch, tmp_path
+):
+    from expertsteer.align import AutoEncoder
+
+    expert, target = models
+    planted_states(monkeypatch, tmp_path, expert, target)
+    seen = fitted_seeds(monkeypatch)
+    data = synthetic()
+    kw = dict(estimator="mean-diff", align_texts=align_texts(), progress=False)
+    est = ExpertSteer(expert, target, pairing="lowest", n_pairs=2, **kw)
+    lowest = est.fit(data)
+    for i, j in lowest.pairs:  # the paper's rule: each vector through its own pair's map
+        q = lowest.provenance["pair_aligner_quality"][str(j)]
+        assert (q["expert_layer"], q["target_layer"]) == (i, j)
+    given = est.replan(data, pairing="given", given_pairs=[(1, 3), (3, 0)])
+    assert {(1, 3), (3, 0)} <= set(est.pair_aligners_)
+    n_ridge = sum(name == "Ridge" for name, _ in seen)
+    assert n_ridge == expert.n_layers + len(est.pair_aligners_)  # one fit per pair map
+    null = est.replan(data.shuffle_labels(seed=1), pairing="given", given_pairs=given.pairs)
+    assert sum(name == "Ridge" for name, _ in seen) == n_ridge  # the null reuses the maps
+    assert null.provenance["pair_aligner_quality"] == given.provenance["pair_aligner_quality"]
+    seen.clear()
+    ae = ExpertSteer(
+        expert,
+        target,
+        aligner=AutoEncoder(epochs=3),
+        pairing="given",
+        given_pairs=[(1, 3)],
+        **kw,
+    )
+    plan = ae.fit(data)
+    assert sum(name == "AutoEncoder" for name, _ in seen) == expert.n_layers
+    q = plan.provenance["pair_aligner_quality"]["3"]
+    assert (q["target_layer"], q["map"]) == (1, "layer") and not ae.pair_aligners_

@@ -205,6 +205,27 @@ def wrap_model(
     )
 
 
+def reinitialised(lm: LoadedModel, *, seed: int = 0) -> LoadedModel:
+    """The same architecture, config and tokenizer with freshly initialised weights: a model
+    that knows nothing (the random-expert control). Its fingerprint differs, so nothing of the
+    trained model's hidden-state cache is reused."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if lm.kind == "causal" else AutoModel
+    dtype = next(lm.model.parameters()).dtype
+    with torch.random.fork_rng(devices=[]):  # built on the CPU; the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = auto.from_config(lm.model.config, dtype=dtype)
+    model.to(lm.device)
+    return wrap_model(
+        model,
+        lm.tokenizer,
+        name=f"{lm.name} (random init, seed {seed})",
+        kind=lm.kind,
+        layers_path=lm.layers.path,
+    )
+
+
 def load_tokenizer(name_or_path: str | Path, *, gguf_file: str | None = None) -> Any:
     """Just the tokenizer of a catalog name / path / GGUF / hub id (no weights loaded)."""
     from transformers import AutoTokenizer

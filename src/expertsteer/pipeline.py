@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -25,7 +26,6 @@ from .align import ALIGNERS, Aligner
 from .data import Dataset, check_dataset, generic_texts
 from .estimators import ESTIMATORS, DirectionEstimator, auc
 from .extract import encode, extract, extract_to_cache
-from .io import load_tensors
 from .mi import MI_ESTIMATORS, mi_matrix
 from .models import LoadedModel, load_model, load_tokenizer
 from .pairing import PAIRINGS, depth_match, depth_pairs, select_pairs
@@ -102,10 +102,40 @@ def _alpha_defaults(states: Tensor, layers: Sequence[int], scale: float) -> tupl
     return {j: scale * n for j, n in norms.items()}, norms
 
 
+class AlignStates:
+    """One model's alignment states, read a layer at a time from the cache file (never whole).
+
+    The file holds ``states`` [L, P, d] (see :func:`expertsteer.extract.extract_to_cache`, which
+    checked it); replan needs any expert layer and any target layer for its pair maps, and all of
+    them in memory would be hundreds of MB.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with safe_open(str(self.path), framework="pt") as f:
+            self.shape = tuple(f.get_slice("states").get_shape())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, layer: int) -> Tensor:
+        """States [P, d] of one layer."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                out = f.get_slice("states")[layer : layer + 1][0]
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the alignment states {self.path} left the cache after fit(); fit again"
+            ) from None
+        if (len(self), *out.shape) != self.shape:
+            raise ValueError(f"{self.path} changed after fit(); fit again")
+        return out
+
+
 @dataclass
 class _States:
     contrast: Tensor  # [L, N, d] at the read position
-    align: Tensor | Path | None = None  # [L, P, d] at the shared token positions (or its file)
+    align: AlignStates | Path | None = None  # [L, P, d] at the shared token positions
     info: ModelInfo | None = None
 
 
@@ -130,7 +160,10 @@ class ExpertSteer:
       target-aware, best measured transfer), ``procrustes``, ``paired-ae``, or ``ae`` (the
       paper's reconstruction-only auto-encoder, a baseline) — or an :class:`Aligner` instance
       (cloned per layer, its hyper-parameters kept). Each expert layer i is mapped onto the
-      target layer at the same relative depth.
+      target layer at its own relative depth; these maps encode the states for the MI matrix
+      (step 2). The vector of a chosen pair (i, j) goes through a map fitted for that pair,
+      i → j (fitted once, kept in ``pair_aligners_``), unless j is i's depth-matched layer or the
+      aligner ignores the target (``ae``). The held-out split of every map holds out whole texts.
     - ``pairing``: ``depth`` / ``highest`` / ``monotone`` (follow the high-MI ridge), ``lowest``
       (the paper's rule) or ``given`` (``given_pairs``); ``n_pairs``; ``exclude_outer`` blocks.
     - ``estimator``: a name in :data:`expertsteer.estimators.ESTIMATORS` (``rfm``, the
@@ -238,13 +271,15 @@ class ExpertSteer:
         """Run steps 1-3 on ``data`` (labelled prompts or contrast pairs) and return the plan.
 
         The fitted states stay on the estimator (``encoded_``, ``target_states_``, ``mi_``,
-        ...), so :meth:`replan` can redo steps 2-3 cheaply (other pairing, shuffled labels).
+        the alignment states' files in ``align_states_``, ...), so :meth:`replan` can redo steps
+        2-3 cheaply (other pairing, shuffled labels).
         """
         self._check(data)
         self._fit_states(data)
         return self.replan(data)
 
     def _fit_states(self, data: Dataset) -> None:
+        self.__dict__.pop("texts_", None)  # a failed refit must not leave a half-new state
         timings: dict[str, float] = {}
         texts = list(data.texts)
         align_texts = self._align_texts()
@@ -266,7 +301,7 @@ class ExpertSteer:
             """Contrast states at the read position + alignment states at shared positions.
 
             The alignment states are the big read (~0.5 GB for a 0.5B expert): they go to the
-            cache file and are loaded once the model is freed, never in memory beside it."""
+            cache file, read a layer at a time once the model is freed (:class:`AlignStates`)."""
             align = extract_to_cache(
                 lm,
                 align_texts,
@@ -283,7 +318,7 @@ class ExpertSteer:
             return read(lm, pos_e), pos_t
 
         ex, pos_t = _with_model(self.expert, expert_pass)
-        ex.align = load_tensors(ex.align)[0]["states"]
+        ex.align = AlignStates(ex.align)
         timings["expert_states"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -293,8 +328,19 @@ class ExpertSteer:
             return read(lm, pos_t)
 
         tg = _with_model(self.target, target_pass)
-        tg.align = load_tensors(tg.align)[0]["states"]
+        tg.align = AlignStates(tg.align)
         timings["target_states"] = time.perf_counter() - t0
+
+        self.expert_info_, self.target_info_ = ex.info, tg.info
+        self.expert_states_, self.target_states_ = ex.contrast, tg.contrast
+        self.align_states_ = (ex.align, tg.align)
+        # The text of every alignment row: rows are the texts in order, one per shared position.
+        counts = torch.tensor([len(p) for p in pos_t])
+        self.align_groups_ = torch.repeat_interleave(torch.arange(len(pos_t)), counts)
+        self.n_align_texts_, self.n_align_positions_ = len(align_texts), ex.align.shape[1]
+        self.pair_aligners_: dict[LayerPair, Aligner] = {}
+        self.mi_: Tensor | None = None
+        self.timings_ = timings
 
         # Step 1: one map per expert layer, onto the target layer at the same relative depth.
         t0 = time.perf_counter()
@@ -303,20 +349,31 @@ class ExpertSteer:
         desc = f"align ({spec_name(self.aligner)})"
         for i in tqdm(range(L_E), desc=desc, disable=not self.progress):
             j = depth_match(i, L_E, L_T)
-            a = build(ALIGNERS, self.aligner, self.seed)
-            a.fit(ex.align[i], tg.align[j])
+            a = self._fit_map(i, j)
             aligners.append(a)
-            quality[str(i)] = {"target_layer": j, **{k: float(v) for k, v in a.quality_.items()}}
+            quality[str(i)] = {"target_layer": j, **_quality(a)}
         timings["align"] = time.perf_counter() - t0
-
-        self.texts_ = texts
-        self.expert_info_, self.target_info_ = ex.info, tg.info
-        self.expert_states_, self.target_states_ = ex.contrast, tg.contrast
         self.aligners_, self.quality_ = aligners, quality
         self.encoded_ = [aligners[i].transform(ex.contrast[i]) for i in range(L_E)]
-        self.n_align_texts_, self.n_align_positions_ = len(align_texts), int(ex.align.shape[1])
-        self.mi_: Tensor | None = None
-        self.timings_ = timings
+        self.texts_ = texts  # last: replan's sign that the fit is complete
+
+    def _fit_map(self, i: int, j: int) -> Aligner:
+        """A map from expert layer i onto target layer j, on the alignment states."""
+        ex, tg = self.align_states_
+        a = build(ALIGNERS, self.aligner, self.seed)
+        return a.fit(ex[i], tg[j], groups=self.align_groups_)
+
+    def _pair_map(self, i: int, j: int) -> tuple[Aligner, int]:
+        """The map for pair (i, j)'s vector, and the target layer it was fitted on.
+
+        Step 1's map of expert layer i unless it was fitted on another target layer and the
+        aligner uses the target's states; then a map i → j, fitted once per pair."""
+        own, j_own = self.aligners_[i], self.quality_[str(i)]["target_layer"]
+        if j == j_own or not own.target_aware:  # ae's map does not depend on j
+            return own, j_own
+        if (i, j) not in self.pair_aligners_:
+            self.pair_aligners_[(i, j)] = self._fit_map(i, j)
+        return self.pair_aligners_[(i, j)], j
 
     def _mi(self) -> Tensor:
         """Step 2's matrix: MI between every encoded expert layer and every target layer."""
@@ -367,6 +424,17 @@ class ExpertSteer:
         )
         timings["pairing"] = time.perf_counter() - t0
 
+        # The pairs' own maps (step 2 chose the pairs through the depth-matched maps).
+        t0 = time.perf_counter()
+        maps, map_quality = {}, {}
+        for i, j in pairs:
+            a, j_map = self._pair_map(i, j)
+            maps[j] = a
+            kind = "layer" if a is self.aligners_[i] else "pair"
+            map_quality[str(j)] = {"expert_layer": i, "target_layer": j_map, "map": kind}
+            map_quality[str(j)].update(_quality(a))
+        timings["pair_align"] = time.perf_counter() - t0
+
         # Step 3: a direction per pair, from the expert's states only.
         t0 = time.perf_counter()
         vectors, stats = {}, {}
@@ -374,10 +442,13 @@ class ExpertSteer:
         for i, j in tqdm(pairs, desc=desc, disable=not self.progress):
             est = build(ESTIMATORS, self.estimator, self.seed)
             if self.route == "encoded":
-                v = est.fit(self.encoded_[i], y, groups).direction_
+                a = maps[j]
+                same = a is self.aligners_[i]  # step 1's map: its encoding is already there
+                encoded = self.encoded_[i] if same else a.transform(self.expert_states_[i])
+                v = est.fit(encoded, y, groups).direction_
             else:
                 direction = est.fit(self.expert_states_[i], y, groups).direction_
-                v = self.aligners_[i].map_direction(direction)
+                v = maps[j].map_direction(direction)
             vectors[j] = v.float()
             tg_j = self.target_states_[j]
             own = ESTIMATORS.make("mean-diff").fit(tg_j, y, groups).direction_
@@ -414,12 +485,20 @@ class ExpertSteer:
                 "n_align_texts": self.n_align_texts_,
                 "n_align_positions": self.n_align_positions_,
                 "route": self.route,
+                # Per expert layer, its depth-matched map (the one the MI matrix used) ...
                 "aligner_quality": self.quality_,
+                # ... and per target layer, the map its vector went through.
+                "pair_aligner_quality": map_quality,
                 "vector_stats": stats,
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
                 "library_version": __version__,
             },
         )
+
+
+def _quality(a: Aligner) -> dict[str, float | str]:
+    """An aligner's held-out metrics as JSON values."""
+    return {k: v if isinstance(v, str) else float(v) for k, v in a.quality_.items()}
 
 
 def _check_given(pairs: Sequence[LayerPair] | None, side: int, lm: LoadedModel, role: str):

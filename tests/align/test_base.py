@@ -18,7 +18,7 @@ from expertsteer.align import (
     Ridge,
     make_aligner,
 )
-from expertsteer.align.base import Aligner, Scaler, fold, r2
+from expertsteer.align.base import Aligner, Scaler, _split, fold, r2
 from expertsteer.registry import UnknownNameError
 
 # ----------------------------------------------------------------------------- shared contract
@@ -231,3 +231,68 @@ def test_numpy_inputs_are_accepted(linear_pair):
     al = Ridge().fit(X_e.numpy(), X_t.numpy())
     assert al.score(X_e.numpy(), X_t.numpy()) == pytest.approx(al.score(X_e, X_t))
     assert np.isfinite(al.quality_["r2_val"])
+
+
+# ----------------------------------------------------------------------------- split by group
+
+
+def test_without_groups_the_split_is_the_seeded_row_permutation():
+    train, val = _split(50, 0.1, 3)
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(val, perm[:5]) and torch.equal(train, perm[5:])
+
+
+def test_the_group_split_holds_out_whole_groups(gen):
+    sizes = torch.randint(1, 12, (40,), generator=gen(4))
+    groups = torch.repeat_interleave(torch.arange(40) * 7, sizes)  # labels need not be 0..G-1
+    n = len(groups)
+    train, val = _split(n, 0.2, 5, groups)
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(n))
+    assert not set(groups[train].tolist()) & set(groups[val].tolist())
+    # val_fraction is a fraction of rows: reached, and overshot by less than one group
+    assert math.ceil(0.2 * n) <= len(val) < math.ceil(0.2 * n) + int(sizes.max())
+    again, other = _split(n, 0.2, 5, groups), _split(n, 0.2, 6, groups)
+    assert torch.equal(again[1], val) and not torch.equal(other[1], val)
+
+
+def test_near_duplicate_rows_of_a_text_inflate_the_row_split_but_not_the_group_split(gen):
+    # Each text's rows are one random expert vector (+ tiny noise) and an unrelated random target
+    # vector: nothing transfers to a new text. A random row split has each held-out row's
+    # siblings in training and reports a near-perfect map; the group split reports none.
+    g = gen(8)
+    n_texts, rows, d_e, d_t = 60, 8, 80, 6
+    U = torch.randn(n_texts, d_e, generator=g, dtype=torch.float64)
+    W = torch.randn(n_texts, d_t, generator=g, dtype=torch.float64)
+    groups = torch.arange(n_texts).repeat_interleave(rows)
+    X_e = U[groups] + 0.01 * torch.randn(len(groups), d_e, generator=g, dtype=torch.float64)
+    X_t = W[groups] + 0.01 * torch.randn(len(groups), d_t, generator=g, dtype=torch.float64)
+    by_rows = Ridge().fit(X_e, X_t)
+    by_groups = Ridge().fit(X_e, X_t, groups=groups)
+    assert by_rows.quality_["split"] == "rows" and by_rows.quality_["r2_val"] > 0.9
+    assert by_groups.quality_["split"] == "groups" and by_groups.quality_["r2_val"] < 0.1
+    assert by_groups.quality_["n_val_groups"] == 6.0 and by_groups.quality_["n_val"] == 48.0
+
+
+@pytest.mark.parametrize("name", sorted(ALIGNERS))
+def test_every_aligner_takes_groups(linear_pair, fast_ae, name):
+    X_e, X_t, _, _ = linear_pair(200, 10, 6, noise=0.1)
+    groups = torch.arange(200) // 5
+    kw = fast_ae if name in ("ae", "paired-ae") else {}
+    al = make_aligner(name, **kw).fit(X_e, X_t, groups=groups.tolist())
+    q = al.quality_
+    assert q["split"] == "groups" and (q["n_train"], q["n_val"], q["n_val_groups"]) == (
+        180.0,
+        20.0,
+        4.0,
+    )
+    assert math.isfinite(q["r2_val"])
+
+
+def test_bad_groups_are_refused(linear_pair):
+    X_e, X_t, _, _ = linear_pair(50, 6, 4, noise=0.1)
+    with pytest.raises(ValueError, match="one label per row"):
+        Ridge().fit(X_e, X_t, groups=torch.zeros(49, dtype=torch.long))
+    with pytest.raises(ValueError, match="integers"):
+        Ridge().fit(X_e, X_t, groups=torch.zeros(50))
+    with pytest.raises(ValueError, match="too few groups"):
+        Ridge(val_fraction=0.6).fit(X_e, X_t, groups=torch.arange(50) // 25)

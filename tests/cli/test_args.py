@@ -96,7 +96,8 @@ def test_method_names():
         "expertsteer:ridge:lowest",
     ]
     # a bad name is the method registry's error (a ValueError: exit 1), not a usage error
-    with pytest.raises(DataSpecError, match="unknown method 'magic': use none, prompt, expert"):
+    expected = "unknown method 'magic': use none, majority, prompt, expert"
+    with pytest.raises(DataSpecError, match=expected):
         args.method_names("magic", ["depth"])
 
 

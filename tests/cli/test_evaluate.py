@@ -42,12 +42,14 @@ def test_unknown_eval_task():
 def test_the_demos_methods_are_valid_method_names():
     assert cli_args.method_names(DEMO_METHODS, ["depth"]) == [
         "none",
+        "majority",
         "prompt",
         "expert",
         "mean-diff",
         "self-rfm",
         "expertsteer:ridge:depth",
-        "expertsteer:ridge:lowest",
+        "control:random-expert:ridge:depth",
+        "control:target-as-expert:ridge:depth",
     ]
 
 
@@ -56,6 +58,7 @@ def test_the_demos_methods_are_valid_method_names():
     [
         ("--alphas", "a,b", "Invalid value for --alphas: 'a,b' is not a comma list of numbers"),
         ("--layer-counts", "0", "--layer-counts: '0' is not a comma list of whole numbers >= 1"),
+        ("--seeds", "0,x", "--seeds: '0,x' is not a comma list of whole numbers >= 0"),
     ],
 )
 def test_bad_grids_are_usage_errors_before_any_model_loads(monkeypatch, option, value, message):
@@ -76,7 +79,7 @@ def _eval_args(expert, target, task, report) -> list[str]:
     return [
         "eval", "--expert", str(expert), "--target", str(target), "--task", str(task),
         "--methods", "none,expertsteer:ridge", "--pairings", "depth", "--alphas", "0,1",
-        "--layer-counts", "1", "--pairs", "2", "--nulls", "1", "--seed", "2",
+        "--layer-counts", "1", "--pairs", "2", "--nulls", "1", "--seeds", "2",
         "--report", str(report),
     ]  # fmt: skip
 
@@ -86,6 +89,8 @@ def _without_timings(results) -> dict:
     report.pop("seconds")
     for m in report["methods"]:
         m.pop("seconds", None)
+        for s in m["per_seed"]:
+            s.pop("seconds", None)
     return report
 
 

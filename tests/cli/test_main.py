@@ -12,7 +12,9 @@ from expertsteer.cli import app
 from expertsteer.cli.main import user_errors
 from expertsteer.deps import MissingDependencyError
 
-COMMANDS = ["demo", "eval", "export", "import-gguf", "fit", "generate", "models", "serve"]
+COMMANDS = [
+    "demo", "eval", "export", "import-gguf", "fit", "generate", "models", "screen", "serve"
+]  # fmt: skip
 
 
 def test_help_lists_every_command_in_order():

@@ -8,6 +8,7 @@ from expertsteer.align import ALIGNERS
 from expertsteer.data import DataSpecError
 from expertsteer.eval import methods
 from expertsteer.eval.methods import (
+    CONTROLS,
     DEFAULT_PAIRINGS,
     EVAL_PAIRINGS,
     METHODS,
@@ -30,8 +31,9 @@ TARGET_ONLY_NOW = {
     "self-rfm": "rfm",
 }
 UNKNOWN_TAIL = (
-    ": use none, prompt, expert, mean-diff, pca, logistic, self-rfm, expertsteer, "
-    "expertsteer:<ae|paired-ae|procrustes|ridge>[:<lowest|highest|monotone|depth>]"
+    ": use none, majority, prompt, expert, mean-diff, pca, logistic, self-rfm, expertsteer, "
+    "control, expertsteer:<ae|paired-ae|procrustes|ridge>[:<lowest|highest|monotone|depth>], "
+    "control:<random-expert|target-as-expert>:<aligner>:<pairing>"
 )
 
 
@@ -40,7 +42,9 @@ UNKNOWN_TAIL = (
 
 def test_registry_is_derived_from_the_other_registries():
     assert TARGET_ONLY == dict(TARGET_METHODS)
-    assert list(METHODS) == ["none", "prompt", "expert", *TARGET_METHODS, "expertsteer"]
+    assert list(METHODS) == [
+        "none", "majority", "prompt", "expert", *TARGET_METHODS, "expertsteer", "control"
+    ]  # fmt: skip
     assert EVAL_PAIRINGS == tuple(p for p in PAIRINGS if p != "given")
     assert list(ALIGNERS) == ALIGNERS_NOW  # the (alphabetical) order "expertsteer" expands in
 
@@ -49,6 +53,7 @@ def test_registry_contents_pinned():
     assert TARGET_ONLY == TARGET_ONLY_NOW
     assert list(METHODS) == [
         "none",
+        "majority",
         "prompt",
         "expert",
         "mean-diff",
@@ -56,11 +61,19 @@ def test_registry_contents_pinned():
         "logistic",
         "self-rfm",
         "expertsteer",
+        "control",
     ]
+    assert CONTROLS == {
+        "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
+        "target-as-expert": "the target plays the expert (no second model's knowledge)",
+    }
     assert EVAL_PAIRINGS == ("lowest", "highest", "monotone", "depth")
     assert DEFAULT_PAIRINGS == ("depth", "lowest")
     assert METHODS.what == "method"
     assert METHODS.entry("none").help == "the target alone"
+    assert METHODS.entry("majority").help == (
+        "always the train split's commonest answer (the label prior)"
+    )
     assert METHODS.entry("prompt").help == "the target with the task's instruction"
     assert METHODS.entry("expert").help == "the expert answers itself"
     assert METHODS.entry("self-rfm").help == "steering by the target's own rfm direction"
@@ -72,9 +85,12 @@ def test_registry_contents_pinned():
 
 def test_methods_help():
     assert methods_help() == (
-        "Comma list of none,prompt,expert,mean-diff,pca,logistic,self-rfm, expertsteer (every "
+        "Comma list of none,majority,prompt,expert,mean-diff,pca,logistic,self-rfm, expertsteer "
+        "(every "
         "aligner × --pairings), expertsteer:<ae|paired-ae|procrustes|ridge>"
-        "[:<lowest|highest|monotone|depth>], or all."
+        "[:<lowest|highest|monotone|depth>], control[:<random-expert|target-as-expert>"
+        "[:<aligner>:<pairing>]] (controls for the expertsteer variants listed), or all (every "
+        "method with both controls)."
     )
 
 
@@ -82,7 +98,7 @@ def test_methods_help():
 
 
 def test_resolve_baselines_and_target_only():
-    for name in ("none", "prompt", "expert"):
+    for name in ("none", "majority", "prompt", "expert"):
         assert resolve(name) == Method(name, "baseline")
     for name, est in TARGET_ONLY_NOW.items():
         assert resolve(name) == Method(name, "target-only", estimator=est)
@@ -97,6 +113,20 @@ def test_resolve_transfer():
         for p in EVAL_PAIRINGS:
             assert resolve(f"expertsteer:{a}:{p}").name == f"expertsteer:{a}:{p}"
     assert resolve("none") is not resolve("none") and resolve("none") == resolve("none")
+    assert m.variant == "ae:lowest" and resolve("none").variant is None
+
+
+def test_resolve_control():
+    m = resolve("control:random-expert:ridge:depth")
+    assert m == Method(
+        "control:random-expert:ridge:depth",
+        "control",
+        aligner="ridge",
+        pairing="depth",
+        control="random-expert",
+    )
+    assert m.variant == "ridge:depth"
+    assert resolve("control:target-as-expert:ae:lowest").control == "target-as-expert"
 
 
 @pytest.mark.parametrize(
@@ -110,6 +140,9 @@ def test_resolve_transfer():
         "expertsteer::depth",
         "none:x",
         "Mean-Diff",
+        "control",  # a full name names its control, aligner and pairing
+        "control:nobody:ridge:depth",
+        "control:random-expert:ridge",
     ],
 )
 def test_resolve_unknown_names_the_valid_ones(name):
@@ -166,9 +199,40 @@ def test_parse_expertsteer_expands_aligners_in_registry_order():
     assert parse_methods("expertsteer:ae:lowest", pairings=("given",)) == ["expertsteer:ae:lowest"]
 
 
+def test_parse_controls_follow_the_listed_transfers():
+    assert parse_methods("expertsteer:ridge:depth,expertsteer:ae:lowest,control") == [
+        "expertsteer:ridge:depth",
+        "expertsteer:ae:lowest",
+        "control:random-expert:ridge:depth",
+        "control:target-as-expert:ridge:depth",
+        "control:random-expert:ae:lowest",
+        "control:target-as-expert:ae:lowest",
+    ]
+    assert parse_methods("control:target-as-expert,expertsteer:ridge:depth") == [
+        "expertsteer:ridge:depth",
+        "control:target-as-expert:ridge:depth",
+    ]
+    assert parse_methods("control:random-expert:ae:monotone") == [
+        "control:random-expert:ae:monotone"
+    ]
+    assert parse_methods("control:random-expert:ae:lowest,control") == [
+        "control:random-expert:ae:lowest",
+        *[f"control:{c}:{a}:{p}" for a in ALIGNERS_NOW for p in DEFAULT_PAIRINGS
+          for c in ("random-expert", "target-as-expert")
+          if (c, a, p) != ("random-expert", "ae", "lowest")],
+    ]  # fmt: skip
+    with pytest.raises(DataSpecError, match="unknown method 'control:nobody'"):
+        parse_methods("control:nobody")
+
+
 def test_parse_all():
-    assert parse_methods("all") == [
+    transfers = [f"{a}:{p}" for a in ALIGNERS_NOW for p in DEFAULT_PAIRINGS]
+    assert parse_methods("all")[-16:] == [
+        f"control:{c}:{v}" for v in transfers for c in ("random-expert", "target-as-expert")
+    ]
+    assert parse_methods("all")[:-16] == [
         "none",
+        "majority",
         "prompt",
         "expert",
         "mean-diff",
@@ -185,7 +249,7 @@ def test_parse_all():
         "expertsteer:ridge:lowest",
     ]
     assert parse_methods(["all"]) == parse_methods("all")
-    assert parse_methods(" all ", pairings=("lowest",))[-4:] == [
+    assert parse_methods(" all ", pairings=("lowest",))[-12:-8] == [
         f"expertsteer:{a}:lowest" for a in ALIGNERS_NOW
     ]
 
@@ -231,6 +295,7 @@ def test_parse_checks_before_expanding():
 
 def test_public_names():
     assert methods.__all__ == [
+        "CONTROLS",
         "DEFAULT_PAIRINGS",
         "EVAL_PAIRINGS",
         "METHODS",

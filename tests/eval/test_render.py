@@ -1,4 +1,4 @@
-"""The terminal rendering of a report: zero-shot lines and rich tables, cell by cell."""
+"""The terminal rendering of a report: the same cells as results.md, full method names."""
 
 import io
 
@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from expertsteer.eval import render_report
-from expertsteer.eval.render import concept_table, methods_table, zero_shot_lines
+from expertsteer.eval.render import concept_table, methods_table, verdict_lines, zero_shot_table
+from expertsteer.eval.report import COLUMNS, LEGEND, markdown_table
 
 CONCEPT = {
     "concept": "positive",
@@ -28,6 +29,8 @@ CONCEPT = {
             "fraction_ci95": [0.1, 0.7],
         },
     },
+    "null_spans": {"shuffled_labels": [0.1, 0.2], "random_direction": [0.0, 0.3]},
+    "null_rank_p": 0.2,
 }
 
 
@@ -40,107 +43,71 @@ def rows(table: Table) -> list[list[str]]:
     return [list(row) for row in zip(*columns)]
 
 
-def plain(renderable) -> str:
-    console = Console(width=200, record=True, color_system=None, file=io.StringIO())
+def plain(renderable, width: int = 200) -> str:
+    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
 
 
-def test_zero_shot_lines_skip_skipped_models():
-    assert zero_shot_lines(make_report()) == [
-        "zero-shot target tgt: val sum 0.500 / mean 0.600; test sum 0.429 / mean 0.500"
+def test_zero_shot_table_shows_each_models_own_normalisation():
+    table = zero_shot_table(make_report())
+    assert headers(table) == ["model", "val acc", "test acc"]
+    assert rows(table) == [
+        ["target: tgt (mean)", "0.600", "0.500"],
+        ["expert: exp", "cannot answer: no causal LM", ""],
     ]
+
+
+def test_methods_table_has_the_markdown_cells():
     report = make_report()
-    report["models"]["expert"] = {
-        "name": "exp",
-        "val": {"sum": 1.0, "mean": 0.0},
-        "test": {"sum": 0.25, "mean": 0.125},
-    }
-    assert zero_shot_lines(report)[1] == (
-        "zero-shot expert exp: val sum 1.000 / mean 0.000; test sum 0.250 / mean 0.125"
-    )
-    assert zero_shot_lines(make_report(models={})) == []
-
-
-def test_methods_table_title_and_columns():
-    table = methods_table(make_report())
-    assert table.title == (
-        "t.jsonl: exp → tgt (test 14 items, mean log-likelihood; α and layers tuned on val 10)"
-    )
-    assert headers(table) == [
-        "method",
-        "test acc",
-        "95% CI",
-        "α",
-        "layers",
-        "p vs none",
-        "p vs best baseline",
-        "nulls (shuffled | random)",
-        "beats nulls",
+    table = methods_table(report)
+    assert headers(table) == [h for h, _ in COLUMNS]
+    md_rows = [
+        line.strip("| ").split(" | ")
+        for line in markdown_table(report).split("\n")
+        if line.startswith("| ")
+        and line.split(" | ")[0][2:] in {r["name"] for r in report["methods"]}
     ]
-    assert methods_table(make_report(expert=None, norm="sum")).title == (
-        "t.jsonl: - → tgt (test 14 items, sum log-likelihood; α and layers tuned on val 10)"
-    )
+    assert rows(table) == md_rows
+    assert table.title.startswith("t.jsonl: exp → tgt; seeds 0; per seed train 24 / val 10 / test")
 
 
-def test_methods_table_rows():
-    assert rows(methods_table(make_report())) == [
-        ["none", "0.500", "[0.250, 0.750]", "-", "-", "-", "-", "-", "-"],
-        ["mean-diff", "0.643", "[0.400, 0.900]", "2.5", "1,3", "0.000", "-", "-", "-"],
-        [
-            "expertsteer:ridge:depth",
-            "0.714",
-            "[0.500, 0.900]",
-            "0",
-            "-",
-            "0.250",
-            "0.500",
-            "0.50 0.43 | 0.57 0.50",
-            "[red]no",
-        ],
-        [
-            "expertsteer:ae:lowest",
-            "0.786",
-            "[0.600, 1.000]",
-            "4",
-            "2",
-            "0.001",
-            "0.100",
-            "0.50 | 0.50",
-            "[green]yes",
-        ],
-    ]
+def test_method_names_are_never_cut_on_a_narrow_terminal():
+    text = plain(methods_table(make_report()), width=80)
+    assert "control:random-expert:ridge:depth" in text and "…" not in text
 
 
-def test_methods_table_prints_without_markup():
-    text = plain(methods_table(make_report()))
-    lines = [line for line in text.split("\n") if "expertsteer:" in line]
-    assert len(lines) == 2
-    assert lines[0].split("│")[-2].strip() == "no" and lines[1].split("│")[-2].strip() == "yes"
-    assert "[red]" not in text and "[green]" not in text
+def test_verdict_lines_are_styled_by_outcome():
+    report = make_report()
+    report["methods"][3]["verdict"] = "the expert helps: beats none, its nulls, both controls"
+    lines = verdict_lines(report)
+    assert lines[0] == "[bold]none[/]: the target alone"
+    assert lines[3].startswith("[bold]expertsteer:ridge:depth[/]: [green]the expert helps")
+    assert lines[4].startswith("[bold]expertsteer:ae:lowest[/]: [red]not shown")
+    assert "[red]" not in plain("\n".join(lines))
 
 
 def test_concept_table():
     table = concept_table(CONCEPT)
-    assert table.title == "concept transfer (positive), ±2 × plan α"
+    assert table.title == (
+        "Concept transfer (positive): change in the concept choice's margin between α = −2 and "
+        "+2 × plan α, 14 test items; the expert's vector against 4 nulls: rank p 0.200."
+    )
     assert headers(table) == ["vector", "span", "fraction of target's own", "95% CI"]
     assert rows(table) == [
         ["target mean-diff", "1.23", "1.00", "[1.00, 1.00]"],
         ["expertsteer:ridge", "0.50", "0.41", "[0.10, 0.70]"],
     ]
-    assert concept_table({**CONCEPT, "alpha": 0.5}).title == (
-        "concept transfer (positive), ±0.5 × plan α"
-    )
 
 
 def test_render_report_in_order():
     out = render_report(make_report())
-    assert len(out) == 2
-    assert out[0] == zero_shot_lines(make_report())[0]
-    assert isinstance(out[1], Table) and rows(out[1]) == rows(methods_table(make_report()))
-
-    out = render_report(make_report(concept_transfer=CONCEPT))
-    assert [type(x) for x in out] == [str, Table, Table]
-    assert out[2].title == "concept transfer (positive), ±2 × plan α"
-    assert rows(out[2]) == rows(concept_table(CONCEPT))
-    assert len(render_report(make_report(concept_transfer={}))) == 2
+    assert isinstance(out[0], Table) and rows(out[0]) == rows(zero_shot_table(make_report()))
+    assert rows(out[1]) == rows(methods_table(make_report())) and out[2] == LEGEND
+    assert out[3:] == verdict_lines(make_report())
+    with_concept = render_report(make_report(concept_transfer=CONCEPT))
+    assert rows(with_concept[-1]) == rows(concept_table(CONCEPT))
+    assert len(render_report(make_report(concept_transfer={}))) == len(out)
+    # nothing printed is a raw Python structure
+    text = "".join(plain(x) for x in out)
+    assert "{'" not in text and "':" not in text

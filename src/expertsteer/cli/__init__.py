@@ -10,6 +10,7 @@ from . import (
     fit,  # noqa: F401  (`fit`)
     generate,  # noqa: F401  (`generate`)
     models,  # noqa: F401  (registers `models`)
+    screen,  # noqa: F401  (`screen`)
     serve,  # noqa: F401  (`serve`)
 )
 from .main import app

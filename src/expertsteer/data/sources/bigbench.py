@@ -28,6 +28,7 @@ __all__ = [
     "append_answer",
     "bigbench_flag",
     "bigbench_leaves",
+    "bigbench_mc_tasks",
     "bigbench_prompt",
     "bigbench_task",
     "bigbench_tasks",
@@ -151,6 +152,22 @@ def bigbench_leaves(name: str) -> list[tuple[str, dict]]:
     return [
         (f"{name}/{sub.parent.name}", json.loads(sub.read_text(encoding="utf-8")))
         for sub in sorted(folder.glob("*/task.json"))
+    ]
+
+
+def bigbench_mc_tasks() -> list[str]:
+    """Top-level BIG-bench tasks (a container with its subtasks) with at least one
+    multiple-choice example, sorted: what ``bigbench:*`` names. Parses every task file."""
+    rng = random.Random(0)  # _bigbench_pair draws a wrong answer; only its None matters here
+    return [
+        name
+        for name in bigbench_tasks()
+        if "/" not in name
+        and any(
+            _bigbench_pair(task, ex, rng) is not None
+            for _, task in bigbench_leaves(name)
+            for ex in task.get("examples", [])
+        )
     ]
 
 

