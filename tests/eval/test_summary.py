@@ -72,6 +72,27 @@ def test_a_transfer_its_controls_match_is_not_the_experts():
     assert t["verdict"] == "not shown: not above random-expert (p 1.00)"
 
 
+def test_significantly_worse_than_the_best_baseline_is_not_beating_it():
+    """Two seeds chose different best baselines: the verdict compares with their pooled score."""
+    nulls = {"val_score": 0.0, "alpha": 1.0, "nulls": {
+        "shuffled_labels": [0.0] * 20, "random_direction": [0.0] * 20}}  # fmt: skip
+    runs = []
+    for seed, (pca_val, md_val) in enumerate(((0.9, 0.1), (0.1, 0.9))):
+        rows = {
+            "none": ("baseline", [0] * 40),
+            "pca": ("target-only", [1] * 40),
+            "mean-diff": ("target-only", [1] * 40),
+            "expertsteer:ridge:depth": ("transfer", [1] * 10 + [0] * 30),
+        }
+        extra = {"pca": {"val_score": pca_val}, "mean-diff": {"val_score": md_val},
+                 "expertsteer:ridge:depth": nulls}  # fmt: skip
+        runs.append(_run(seed, rows, **extra))
+    t = {r["name"]: r for r in summarise(runs)}["expertsteer:ridge:depth"]
+    assert t["best_baseline"] == "mean-diff, pca" and t["best_baseline_score"] == 1.0
+    assert t["p_vs_best_baseline"] < 1e-10  # significant, but the other way
+    assert "not above mean-diff, pca" in t["verdict"]
+
+
 def test_ties_with_nulls_count_against_the_method():
     transfer = {"val_score": 0.0, "alpha": 1.0, "nulls": {
         "shuffled_labels": [1.0] + [0.5] * 19, "random_direction": [0.5] * 20}}  # fmt: skip
