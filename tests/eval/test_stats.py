@@ -6,8 +6,10 @@ from expertsteer.eval.stats import (
     bootstrap_ci,
     holm,
     mcnemar_p,
+    pooled_nulls,
     rank_p,
     ratio_ci,
+    worst_rank_p,
 )
 
 
@@ -109,3 +111,17 @@ def test_ratio_ci():
     num = 0.6 * den + rng.normal(0, 0.3, 60)
     ratio, lo, hi = ratio_ci(num, den)
     assert lo < ratio < hi and lo < 0.6 < hi
+
+
+def test_nulls_pool_by_index_and_the_worst_family_ranks():
+    per_seed = [
+        {"shuffled_labels": [0.2, 0.8], "random_direction": [0.5]},
+        {"shuffled_labels": [0.4, 0.6, 0.9], "random_direction": [0.7]},
+    ]
+    pooled = pooled_nulls(per_seed)
+    assert pooled == {"shuffled_labels": [pytest.approx(0.3), pytest.approx(0.7)],
+                      "random_direction": [pytest.approx(0.6)]}  # fmt: skip
+    assert pooled_nulls([{"a": [1.0]}, {}]) == {} and pooled_nulls([]) == {}
+    # 0.65 beats 1 of 2 shuffled (rank 2/3) and 1 of 1 random (rank 1/2): the worse is 2/3
+    assert worst_rank_p(0.65, pooled) == pytest.approx(2 / 3)
+    assert worst_rank_p(0.65, {"a": []}) is None

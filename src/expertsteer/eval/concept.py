@@ -18,7 +18,7 @@ from .controls import NULL_FAMILIES, null_seed
 from .methods import random_plan
 from .scorer import Scorer
 from .scoring import concept_margin
-from .stats import bootstrap_ci, rank_p, ratio_ci
+from .stats import bootstrap_ci, pooled_nulls, ratio_ci, worst_rank_p
 from .tasks import Task
 
 __all__ = ["OWN", "concept_report", "concept_spans"]
@@ -94,14 +94,9 @@ def concept_report(
             "fraction_of_own": ratio,
             "fraction_ci95": [lo, hi],
         }
-    real = out["plans"]["expertsteer"]["span"]
-    nulls: dict[str, list[float]] = {}
-    for family in NULL_FAMILIES:
-        n = min(len(s["null_spans"][family]) for s in per_seed)
-        nulls[family] = [
-            float(np.mean([s["null_spans"][family][k].mean() for s in per_seed])) for k in range(n)
-        ]
-    ranks = [rank_p(real, v) for v in nulls.values() if v]
+    nulls = pooled_nulls(
+        [{f: [a.mean() for a in s["null_spans"][f]] for f in NULL_FAMILIES} for s in per_seed]
+    )
     out["null_spans"] = nulls
-    out["null_rank_p"] = max(ranks) if ranks else None
+    out["null_rank_p"] = worst_rank_p(out["plans"]["expertsteer"]["span"], nulls)
     return out

@@ -80,8 +80,8 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"{report.get('library_version', '?')}" + (f" at {commit[:10]}" if commit else ""),
     ] + [
         f"best target-only baseline (chosen on validation): {best}"
-        for best in list(dict.fromkeys(r["best_baseline"] for r in report["methods"]
-                                       if r.get("best_baseline")))[:1]
+        for best in [next((r["best_baseline"] for r in report["methods"]
+                           if r.get("best_baseline")), None)] if best
     ]  # fmt: skip
 
 

@@ -262,6 +262,7 @@ def _run_seed(
 
     labels = test.labels()
     majority = Counter(train.labels()).most_common(1)[0][0]
+    majority_correct = np.array([float(lab == majority) for lab in labels])
     pipeline = dict(
         n_pairs=config.n_pairs, n_align_texts=config.align_texts, batch_size=config.batch_size
     )
@@ -301,7 +302,7 @@ def _run_seed(
         if name == "none":
             row["correct"] = test_s.correct()
         elif name == "majority":
-            row["correct"] = np.array([float(lab == majority) for lab in labels])
+            row["correct"] = majority_correct
             row["answer"] = majority
         elif name == "prompt":
             row["correct"] = test_s.correct(prefix=task.instruction.strip() + "\n\n")
@@ -367,7 +368,7 @@ def _run_seed(
         "n_contrast": len(contrast),
         "balanced": balanced,
         "norm": models["target"]["norm"],
-        "majority_rate": float(np.mean([lab == majority for lab in labels])),
+        "majority_rate": float(majority_correct.mean()),
         "models": models,
         "sweeps": sweeps,
         "plans": plans,

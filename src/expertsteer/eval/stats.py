@@ -7,7 +7,7 @@ does not (5 discordant items all one way give bootstrap p ≈ 0.01, exact 0.0625
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import binomtest
@@ -17,8 +17,10 @@ __all__ = [
     "bootstrap_ci",
     "holm",
     "mcnemar_p",
+    "pooled_nulls",
     "rank_p",
     "ratio_ci",
+    "worst_rank_p",
 ]
 
 N_BOOT = 2000
@@ -78,6 +80,23 @@ def rank_p(score: float, nulls: Sequence[float]) -> float | None:
     if not nulls:
         return None
     return (1 + sum(n >= score for n in nulls)) / (1 + len(nulls))
+
+
+def worst_rank_p(score: float, nulls: Mapping[str, Sequence[float]]) -> float | None:
+    """The larger :func:`rank_p` over the null families: a method must beat every family."""
+    ranks = [rank_p(score, v) for v in nulls.values() if v]
+    return max(ranks) if ranks else None
+
+
+def pooled_nulls(per_seed: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Null k of each family pooled over seeds: its mean (every seed's test set has the same
+    size); families and nulls missing from a seed are dropped."""
+    families = [f for f in per_seed[0] if all(f in s for s in per_seed)] if per_seed else []
+    out = {}
+    for f in families:
+        n = min(len(s[f]) for s in per_seed)
+        out[f] = [float(np.mean([s[f][k] for s in per_seed])) for k in range(n)]
+    return out
 
 
 def balanced_accuracy(correct: np.ndarray, labels: Sequence[object]) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .methods import resolve
-from .stats import balanced_accuracy, bootstrap_ci, holm, mcnemar_p, rank_p
+from .stats import balanced_accuracy, bootstrap_ci, holm, mcnemar_p, pooled_nulls, worst_rank_p
 
 __all__ = ["LEVEL", "Run", "summarise", "verdict"]
 
@@ -33,35 +33,24 @@ def _concat(runs: Sequence[Run], pick) -> np.ndarray | None:
     return None if any(p is None for p in parts) else np.concatenate(parts)
 
 
-def _row(runs: Sequence[Run], name: str):
-    return lambda run: next((r["correct"] for r in run["rows"] if r["name"] == name), None)
-
-
-def _null_means(runs: Sequence[Run], name: str, family: str) -> list[float]:
-    """Null k's score pooled over seeds (its mean: every seed's test set has the same size)."""
-    per_seed = [
-        next(r for r in run["rows"] if r["name"] == name).get("nulls", {}).get(family, [])
-        for run in runs
-    ]
-    n = min(map(len, per_seed))
-    return [float(np.mean([s[k] for s in per_seed])) for k in range(n)]
+def _row(run: Run, name: str) -> dict | None:
+    return next((r for r in run["rows"] if r["name"] == name), None)
 
 
 def _stats(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """Pooled statistics of every method present in all ``runs``."""
     names = [r["name"] for r in runs[0]["rows"]]
-    names = [n for n in names if all(any(r["name"] == n for r in run["rows"]) for run in runs)]
+    names = [n for n in names if all(_row(run, n) is not None for run in runs)]
     labels = [lab for run in runs for lab in run["labels"]]
-    none = _concat(runs, _row(runs, "none"))
+    pooled = {n: np.concatenate([_row(run, n)["correct"] for run in runs]) for n in names}
+    none = pooled.get("none")
     best = _concat(runs, lambda run: b["correct"] if (b := _best(run["rows"])) else None)
     best_names = sorted({b["name"] for run in runs if (b := _best(run["rows"]))})
     out = []
     for name in names:
         kind = resolve(name).kind
-        c = _concat(runs, _row(runs, name))
-        assert c is not None
-        seeds = [float(next(r for r in run["rows"] if r["name"] == name)["correct"].mean())
-                 for run in runs]  # fmt: skip
+        c = pooled[name]
+        seeds = [float(_row(run, name)["correct"].mean()) for run in runs]
         row: dict[str, Any] = {
             "name": name,
             "kind": kind,
@@ -80,21 +69,14 @@ def _stats(runs: Sequence[Run]) -> list[dict[str, Any]]:
             row["best_baseline_score"] = float(best.mean())  # pooled: each seed's own best
             row["p_vs_best_baseline"] = mcnemar_p(c, best)
         if kind == "transfer":
-            nulls = {f: _null_means(runs, name, f) for f in ("shuffled_labels", "random_direction")}
-            ranks = [rank_p(row["score"], v) for v in nulls.values() if v]
-            row["null_rank_p"] = max(ranks) if ranks else None
+            nulls = pooled_nulls([_row(run, name).get("nulls", {}) for run in runs])
+            row["null_rank_p"] = worst_rank_p(row["score"], nulls)
             variant = resolve(name).variant
-            row["p_vs_controls"] = {
-                other: mcnemar_p(c, oc)
-                for other in names
-                if other.startswith("control:")
-                and resolve(other).variant == variant
-                and (oc := _concat(runs, _row(runs, other))) is not None
-            }
-            row["control_scores"] = {
-                other: float(_concat(runs, _row(runs, other)).mean())  # type: ignore[union-attr]
-                for other in row["p_vs_controls"]
-            }
+            controls = [
+                o for o in names if o.startswith("control:") and resolve(o).variant == variant
+            ]
+            row["p_vs_controls"] = {o: mcnemar_p(c, pooled[o]) for o in controls}
+            row["control_scores"] = {o: float(pooled[o].mean()) for o in controls}
         out.append(row)
     families = (("p_vs_best_baseline", "p_adjusted"), ("p_vs_none", "p_vs_none_adjusted"))
     for key, adjusted in families:
