@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 import transformers as tf
@@ -6,6 +8,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from expertsteer.models import wrap_model
 from expertsteer.steer import TokenScope
+from expertsteer.steer import choices as choices_module
 from expertsteer.steer.choices import choice_logprobs, shared_length
 from expertsteer.steer.infer import pair_tokens, sequence_logprobs
 from tiny import ARCHS, ENCODERS, VOCAB, tiny_model
@@ -22,14 +25,16 @@ SCOPES = ["all", "prompt", "generated", "last:2", [[0, -1], [1], [-2], [0], [0]]
 CAUSAL = [a for a in ARCHS if a not in ENCODERS]
 
 
-def per_option(value):
-    return [v for v, cs in zip(value, CHOICES) for _ in cs]
+def per_option(value, choices=CHOICES):
+    return [v for v, cs in zip(value, choices) for _ in cs]
 
 
 def full_sequence(lm, prompts, choices, **kw):
     """The reference: every prompt + choice scored whole by sequence_logprobs, regrouped."""
     flat = [c for cs in choices for c in cs]
-    per_token = sequence_logprobs(lm, per_option(prompts), flat, reduce="none", batch_size=3, **kw)
+    per_token = sequence_logprobs(
+        lm, per_option(prompts, choices), flat, reduce="none", batch_size=3, **kw
+    )
     out, r = [], 0
     for cs in choices:
         block = per_token[r : r + len(cs)]
@@ -203,3 +208,44 @@ def test_bad_arguments_and_no_hooks_left():
     assert n_hooks(lm) == 0
     with pytest.raises(ValueError, match="encoder"):
         choice_logprobs(tiny_model("bert"), ["a"], [[" x"]])
+
+
+@pytest.mark.parametrize("arch", CAUSAL[:2])
+@pytest.mark.parametrize("whole", [False, True], ids=["shared", "whole"])
+def test_long_prompts_keep_to_the_token_budget_and_project_only_scored_positions(
+    arch, whole, monkeypatch
+):
+    lm = float64(arch)
+    if whole:  # every item scored whole (as when its options share no leading tokens)
+        monkeypatch.setattr(choices_module, "shared_length", lambda *a, **k: 0)
+    plan = make_plan(lm, {1: 2.0})
+    long_prompts = [" ".join(["the cat sat"] * 12), " ".join(["xyz qq"] * 15), "a b"]
+    choices = [[" on", " under"], [" s", " tt", " v"], [" c", " dd"]]
+    shapes, kept = [], []
+    forward = lm.model.forward
+
+    @functools.wraps(forward)  # keeps forward's signature: logits_to_keep is looked up there
+    def spy(*args, **kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        kept.append(kw.get("logits_to_keep"))
+        return forward(*args, **kw)
+
+    lm.model.forward = spy
+    try:
+        got = choice_logprobs(
+            lm, long_prompts, choices, plan=plan, scope="all", batch_size=8, max_tokens=60
+        )
+    finally:
+        lm.model.forward = forward
+    # every option pass keeps to the budget or holds one item alone
+    longest = max(len(lm.tokenizer(p + c[0])["input_ids"]) for p, c in zip(long_prompts, choices))
+    assert longest > 30  # the budget really splits these items
+    assert all(r * w <= 60 or r <= 3 for r, w in shapes)
+    # options are projected onto the vocabulary only where they are scored
+    if whole:
+        assert all(k is not None and k < w / 2 for k, (_, w) in zip(kept, shapes) if w > 30)
+    else:  # the shared passes project one position, the option passes only the options
+        assert kept[0::2] == [1] * (len(kept) // 2)
+        assert all(k <= w for k, (_, w) in zip(kept[1::2], shapes[1::2]))
+    ref = full_sequence(lm, long_prompts, choices, plan=plan, scope="all")
+    assert_same(got, ref, atol=1e-10)

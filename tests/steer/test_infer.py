@@ -35,6 +35,15 @@ def test_length_batches_group_similar_lengths_longest_first():
     assert length_batches([10, 9, 8, 7, 3, 3], 2, min_fill=0.8) == [[0, 1], [2, 3], [4, 5]]
 
 
+def test_length_batches_keep_to_a_token_budget():
+    # rows × longest row ≤ max_tokens; an index longer than the budget runs alone
+    assert length_batches([10, 9, 8, 7], 8, max_tokens=20) == [[0, 1], [2, 3]]
+    assert length_batches([50, 3, 3], 8, max_tokens=20) == [[0], [1, 2]]
+    # an index standing for several rows (an item's options) counts them all
+    assert length_batches([10, 9, 8], 8, max_tokens=20, rows=[2, 1, 1]) == [[0], [1, 2]]
+    assert length_batches([10, 9, 8], 8, max_tokens=None) == [[0, 1, 2]]
+
+
 def test_the_request_is_parsed_once_and_sliced_per_batch():
     lm = tiny_model("llama")
     plan = make_plan(lm)

@@ -32,6 +32,7 @@ from ..plan import SteeringPlan
 from ..types import Tensor
 from .attach import Alpha, parse_alpha
 from .infer import (
+    MAX_TOKENS,
     PlanArg,
     SteeringRequest,
     check_causal,
@@ -92,6 +93,7 @@ def choice_logprobs(
     layer_alphas: Mapping[int, float] | None = None,
     chat_template: bool = False,
     batch_size: int = 8,
+    max_tokens: int | None = MAX_TOKENS,
     strict: bool = True,
     progress: bool | str = False,
 ) -> list[Tensor]:
@@ -100,7 +102,8 @@ def choice_logprobs(
 
     ``plan``, ``alpha`` and explicit ``scope`` positions are given per prompt (or once for all);
     ``choices[i]`` are prompt ``i``'s continuations, written as they follow it. ``batch_size``
-    counts prompts per forward call (their options run together after them).
+    counts prompts per forward call (their options run together after them); ``max_tokens``
+    bounds a forward's option rows × their longest prompt + option (a longer item runs alone).
     """
     check_causal(lm)
     if isinstance(choices, str) or len(choices) != len(prompts):
@@ -139,8 +142,13 @@ def choice_logprobs(
     batches = [
         [g[k] for k in batch]
         for g in groups
+        # Every option row holds a copy of its item's cache: the budget counts option rows.
         for batch in length_batches(
-            [max(len(ids[r]) for r in rows[i]) for i in g], batch_size, MIN_FILL
+            [max(len(ids[r]) for r in rows[i]) for i in g],
+            batch_size,
+            MIN_FILL,
+            max_tokens=max_tokens,
+            rows=[counts[i] for i in g],
         )
     ]
     desc = progress if isinstance(progress, str) else "scoring choices"
@@ -161,6 +169,10 @@ def choice_logprobs(
         if past_mask is not None:
             mask = torch.cat([past_mask, mask], 1)
         handle = request.handle(lm, option_rows)
+        # Only the scored positions need the vocabulary projection (an item scored whole
+        # would otherwise project its whole prompt).
+        first_scored = min(splits[r] - 1 - s for r, s in zip(option_rows, starts))
+        kw = {"logits_to_keep": input_ids.shape[1] - first_scored} if keeps_logits(lm) else {}
         with handle or contextlib.nullcontext():
             if handle is not None:
                 handle.set_prompt_lengths([splits[r] for r in option_rows])
@@ -170,10 +182,13 @@ def choice_logprobs(
                 position_ids=positions,
                 use_cache=past is not None,
                 **({_cache_arg(lm): past} if past is not None else {}),
+                **kw,
             ).logits
+        offset = input_ids.shape[1] - logits.shape[1]
         for b, (r, s) in enumerate(zip(option_rows, starts)):
             k, n = splits[r], len(ids[r])
-            logp = torch.log_softmax(logits[b, k - 1 - s : n - 1 - s].float(), dim=-1)
+            lo, hi = k - 1 - s - offset, n - 1 - s - offset
+            logp = torch.log_softmax(logits[b, lo:hi].float(), dim=-1)
             per_token[r] = logp.gather(1, input_ids[b, k - s : n - s, None])[:, 0].cpu()
     out = []
     for rs in rows:

@@ -102,22 +102,41 @@ def pad_ids(seqs: list[list[int]], fill: int, side: str, device) -> tuple[Tensor
     return ids.to(device), mask.to(device)
 
 
-def length_batches(lengths: list[int], batch_size: int, min_fill: float = 0.0) -> list[list[int]]:
+# Tokens (rows × longest row) one forward may hold: a few long prompts (thousands of tokens,
+# a 150k-word vocabulary) in one batch of 16 exhaust 24 GiB; short ones still batch fully.
+MAX_TOKENS = 8192
+
+
+def length_batches(
+    lengths: list[int],
+    batch_size: int,
+    min_fill: float = 0.0,
+    *,
+    max_tokens: int | None = MAX_TOKENS,
+    rows: Sequence[int] | None = None,
+) -> list[list[int]]:
     """Indices grouped by similar length (little padding), longest first.
 
     A batch also ends before a row shorter than ``min_fill`` × its longest row, so padding
-    never exceeds ``1 - min_fill`` of a batch (0: batches of ``batch_size`` only).
+    never exceeds ``1 - min_fill`` of a batch (0: batches of ``batch_size`` only), and before
+    its padded size (the rows of its indices, ``rows[i]`` each or 1, × its longest length)
+    would pass ``max_tokens`` (``None``: no limit); an index too long alone gets a batch alone.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    weight = list(rows) if rows is not None else [1] * len(lengths)
     batches: list[list[int]] = []
+    used = 0
     for i in order:
         if (
             not batches
             or len(batches[-1]) == batch_size
             or (lengths[i] < min_fill * lengths[batches[-1][0]])
+            or (max_tokens is not None and (used + weight[i]) * lengths[batches[-1][0]] > max_tokens)
         ):
             batches.append([])
+            used = 0
         batches[-1].append(i)
+        used += weight[i]
     return batches
 
 
@@ -220,6 +239,7 @@ def sequence_logprobs(
     layer_alphas: Mapping[int, float] | None = None,
     chat_template: bool = False,
     batch_size: int = 8,
+    max_tokens: int | None = MAX_TOKENS,
     reduce: Literal["sum", "mean", "none"] = "sum",
     strict: bool = True,
     progress: bool | str = False,
@@ -230,7 +250,8 @@ def sequence_logprobs(
     continuation is every token from the first one holding one of its characters (a token
     straddling the boundary counts as continuation). The prompt, for ``scope``, is the tokens
     before it. ``reduce``: ``sum`` / ``mean`` → ``[N]``; ``none`` → ``[N, max_len]`` padded
-    with NaN. ``progress``: a bar over batches (a string names it).
+    with NaN. ``progress``: a bar over batches (a string names it). ``max_tokens`` bounds a
+    forward's rows × longest row (see :func:`length_batches`).
     """
     check_causal(lm)
     if reduce not in ("sum", "mean", "none"):
@@ -240,7 +261,7 @@ def sequence_logprobs(
     ids, splits = pair_tokens(lm, prompts, continuations, chat_template)
     request = SteeringRequest.of(len(ids), plan, alpha, scope, layer_alphas, strict)
     per_token: list[Tensor] = [torch.empty(0)] * len(ids)
-    batches = length_batches([len(s) for s in ids], batch_size)
+    batches = length_batches([len(s) for s in ids], batch_size, max_tokens=max_tokens)
     desc = progress if isinstance(progress, str) else "scoring"
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         input_ids, mask = pad_ids([ids[i] for i in idx], pad_token_id(lm), "right", lm.device)
