@@ -127,11 +127,12 @@ def length_batches(
     batches: list[list[int]] = []
     used = 0
     for i in order:
+        longest = lengths[batches[-1][0]] if batches else 0
         if (
             not batches
             or len(batches[-1]) == batch_size
-            or (lengths[i] < min_fill * lengths[batches[-1][0]])
-            or (max_tokens is not None and (used + weight[i]) * lengths[batches[-1][0]] > max_tokens)
+            or (lengths[i] < min_fill * longest)
+            or (max_tokens is not None and (used + weight[i]) * longest > max_tokens)
         ):
             batches.append([])
             used = 0
