@@ -19,6 +19,9 @@ _PUBLIC = {
     "wrap_model": "models",
     "extract": "extract",
     "load_data": "data",
+    "ConditionedPlan": "condition",
+    "condition": "condition",
+    "load_plan": "condition",
     "DomainGate": "gate",
     "gated_generate": "gate",
 }
