@@ -337,10 +337,15 @@ class ConditionedPlan:
         return cls(plan, probe)
 
 
-def default_probe_layers(plan: SteeringPlan, expert: Any, n: int = 4) -> list[int]:
+def default_probe_layers(plan: SteeringPlan | None, expert: Any, n: int = 4) -> list[int]:
     """The expert blocks a probe is tried at: the plan's paired expert blocks when the plan was
     fitted from this expert, else ``n`` blocks spread over the middle half of its depth."""
-    if plan.expert is not None and plan.expert.fingerprint == expert.fingerprint and plan.pairs:
+    if (
+        plan is not None
+        and plan.expert is not None
+        and plan.expert.fingerprint == expert.fingerprint
+        and plan.pairs
+    ):
         return sorted({i for i, _ in plan.pairs})
     L = expert.n_layers
     return sorted({min(L - 1, round(L * (0.25 + 0.5 * k / max(n - 1, 1)))) for k in range(n)})

@@ -32,8 +32,10 @@ TARGET_ONLY_NOW = {
 }
 UNKNOWN_TAIL = (
     ": use none, majority, prompt, expert, mean-diff, pca, logistic, self-rfm, expertsteer, "
-    "control, expertsteer:<ae|paired-ae|procrustes|ridge>[:<lowest|highest|monotone|depth>], "
-    "control:<random-expert|target-as-expert>:<aligner>:<pairing>"
+    "control, expertsteer-cond, self-cond, expert-probe, ensemble, control-cond, "
+    "expertsteer:<ae|paired-ae|procrustes|ridge>[:<lowest|highest|monotone|depth>], "
+    "control:<random-expert|target-as-expert>:<aligner>:<pairing>, expertsteer-cond:own, "
+    "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>"
 )
 
 
@@ -43,7 +45,8 @@ UNKNOWN_TAIL = (
 def test_registry_is_derived_from_the_other_registries():
     assert TARGET_ONLY == dict(TARGET_METHODS)
     assert list(METHODS) == [
-        "none", "majority", "prompt", "expert", *TARGET_METHODS, "expertsteer", "control"
+        "none", "majority", "prompt", "expert", *TARGET_METHODS, "expertsteer", "control",
+        "expertsteer-cond", "self-cond", "expert-probe", "ensemble", "control-cond",
     ]  # fmt: skip
     assert EVAL_PAIRINGS == tuple(p for p in PAIRINGS if p != "given")
     assert list(ALIGNERS) == ALIGNERS_NOW  # the (alphabetical) order "expertsteer" expands in
@@ -62,6 +65,11 @@ def test_registry_contents_pinned():
         "self-rfm",
         "expertsteer",
         "control",
+        "expertsteer-cond",
+        "self-cond",
+        "expert-probe",
+        "ensemble",
+        "control-cond",
     ]
     assert CONTROLS == {
         "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
@@ -85,11 +93,13 @@ def test_registry_contents_pinned():
 
 def test_methods_help():
     assert methods_help() == (
-        "Comma list of none,majority,prompt,expert,mean-diff,pca,logistic,self-rfm, expertsteer "
-        "(every "
+        "Comma list of none,majority,prompt,expert,mean-diff,pca,logistic,self-rfm,self-cond,"
+        "expert-probe,ensemble, expertsteer (every "
         "aligner × --pairings), expertsteer:<ae|paired-ae|procrustes|ridge>"
         "[:<lowest|highest|monotone|depth>], control[:<random-expert|target-as-expert>"
-        "[:<aligner>:<pairing>]] (controls for the expertsteer variants listed), or all (every "
+        "[:<aligner>:<pairing>]] (controls for the expertsteer variants listed), "
+        "expertsteer-cond[:own|:<aligner>:<pairing>], "
+        "control-cond[:<control>[:own|:<aligner>:<pairing>]], or all (every "
         "method with both controls)."
     )
 
@@ -227,10 +237,9 @@ def test_parse_controls_follow_the_listed_transfers():
 
 def test_parse_all():
     transfers = [f"{a}:{p}" for a in ALIGNERS_NOW for p in DEFAULT_PAIRINGS]
-    assert parse_methods("all")[-16:] == [
-        f"control:{c}:{v}" for v in transfers for c in ("random-expert", "target-as-expert")
-    ]
-    assert parse_methods("all")[:-16] == [
+    both = ("random-expert", "target-as-expert")
+    everything = parse_methods("all")
+    assert everything == [
         "none",
         "majority",
         "prompt",
@@ -239,17 +248,19 @@ def test_parse_all():
         "pca",
         "logistic",
         "self-rfm",
-        "expertsteer:ae:depth",
-        "expertsteer:ae:lowest",
-        "expertsteer:paired-ae:depth",
-        "expertsteer:paired-ae:lowest",
-        "expertsteer:procrustes:depth",
-        "expertsteer:procrustes:lowest",
-        "expertsteer:ridge:depth",
-        "expertsteer:ridge:lowest",
+        *(f"expertsteer:{v}" for v in transfers),
+        "expertsteer-cond:own",
+        *(f"expertsteer-cond:{v}" for v in transfers),
+        "self-cond",
+        "expert-probe",
+        "ensemble",
+        *(f"control:{c}:{v}" for v in transfers for c in both),
+        # target-as-expert:own is self-cond, not repeated
+        "control-cond:random-expert:own",
+        *(f"control-cond:{c}:{v}" for v in transfers for c in both),
     ]
-    assert parse_methods(["all"]) == parse_methods("all")
-    assert parse_methods(" all ", pairings=("lowest",))[-12:-8] == [
+    assert parse_methods(["all"]) == everything
+    assert parse_methods(" all ", pairings=("lowest",))[8:12] == [
         f"expertsteer:{a}:lowest" for a in ALIGNERS_NOW
     ]
 

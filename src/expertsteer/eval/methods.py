@@ -38,7 +38,7 @@ __all__ = [
     "resolve",
 ]
 
-Kind = Literal["baseline", "target-only", "transfer", "control"]
+Kind = Literal["baseline", "target-only", "transfer", "conditioned", "expert-only", "control"]
 # The stand-in experts of the controls, by name.
 CONTROLS: dict[str, str] = {
     "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
@@ -56,11 +56,22 @@ class Method:
     aligner: str | None = None  # transfer / control: ExpertSteer's aligner and pairing
     pairing: str | None = None
     control: str | None = None  # control: the stand-in expert (a key of CONTROLS)
+    conditioned: bool = False  # α per input from the expert's probe (expertsteer-cond, ...)
 
     @property
     def variant(self) -> str | None:
-        """``<aligner>:<pairing>`` of a transfer or control (the transfer it controls for)."""
-        return f"{self.aligner}:{self.pairing}" if self.aligner else None
+        """``<aligner>:<pairing>`` of a transfer or control (the transfer it controls for);
+        ``own`` for a conditioned method steering along the target's own direction."""
+        if self.aligner:
+            return f"{self.aligner}:{self.pairing}"
+        return "own" if self.conditioned and self.kind in ("conditioned", "control") else None
+
+    @property
+    def controlled(self) -> str | None:
+        """The method a control stands in for (same variant, the real expert)."""
+        if self.kind != "control":
+            return None
+        return f"expertsteer{'-cond' if self.conditioned else ''}:{self.variant}"
 
 
 # Method name -> the estimator fitted on the target's own states (one per estimator).
@@ -118,22 +129,83 @@ METHODS.register(
 )
 
 
+def _conditioned(aligner: str | None = None, pairing: str | None = None) -> Method:
+    variant = f"{aligner}:{pairing}" if aligner else "own"
+    return Method(
+        f"expertsteer-cond:{variant}",
+        "conditioned",
+        aligner=aligner,
+        pairing=pairing,
+        conditioned=True,
+    )
+
+
+METHODS.register(
+    "expertsteer-cond",
+    _conditioned,
+    "expertsteer-cond[:own|:<aligner>:<pairing>] — α per option from the expert probe's "
+    "judgement of it, along the target's own (self-rfm) or the transferred direction",
+)
+METHODS.register(
+    "self-cond",
+    partial(Method, "self-cond", "target-only", conditioned=True),
+    "expertsteer-cond:own with the TARGET's own probe (does the expert's judgement add anything?)",
+)
+METHODS.register(
+    "expert-probe",
+    partial(Method, "expert-probe", "expert-only"),
+    "the expert's probe alone as a classifier (the option it rates likeliest)",
+)
+METHODS.register(
+    "ensemble",
+    partial(Method, "ensemble", "expert-only"),
+    "w·target + (1-w)·expert option log-likelihoods, w chosen on validation",
+)
+
+
+def _control_cond(control: str, aligner: str | None = None, pairing: str | None = None) -> Method:
+    variant = f"{aligner}:{pairing}" if aligner else "own"
+    return Method(
+        f"control-cond:{control}:{variant}",
+        "control",
+        aligner=aligner,
+        pairing=pairing,
+        control=control,
+        conditioned=True,
+    )
+
+
+METHODS.register(
+    "control-cond",
+    _control_cond,
+    "control-cond[:<control>[:own|:<aligner>:<pairing>]] — the expertsteer-cond variants listed "
+    "with a stand-in expert (target-as-expert:own is self-cond, so it is not repeated)",
+)
+
+
 def methods_help() -> str:
     """The comma-list forms ``--methods`` accepts, from the registries."""
-    plain = ",".join(n for n in METHODS if n not in ("expertsteer", "control"))
+    plain = ",".join(n for n in METHODS if n not in FAMILIES)
     return (
         f"Comma list of {plain}, expertsteer (every aligner × --pairings), "
         f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
         f"control[:<{'|'.join(CONTROLS)}>[:<aligner>:<pairing>]] (controls for the expertsteer "
-        "variants listed), or all (every method with both controls)."
+        "variants listed), expertsteer-cond[:own|:<aligner>:<pairing>], "
+        "control-cond[:<control>[:own|:<aligner>:<pairing>]], or all (every method with both "
+        "controls)."
     )
+
+
+# Names that stand for a family of variants (expanded by parse_methods).
+FAMILIES = ("expertsteer", "control", "expertsteer-cond", "control-cond")
 
 
 def _unknown(name: str) -> DataSpecError:
     return DataSpecError(
         f"unknown method {name!r}: use {METHODS.choices()}, "
         f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
-        f"control:<{'|'.join(CONTROLS)}>:<aligner>:<pairing>"
+        f"control:<{'|'.join(CONTROLS)}>:<aligner>:<pairing>, expertsteer-cond:own, "
+        "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>"
     )
 
 
@@ -145,6 +217,20 @@ def _check_pairing(pairing: str, where: str) -> None:
 def resolve(name: str) -> Method:
     """The :class:`Method` a full name (as :func:`parse_methods` returns it) stands for."""
     head, _, rest = name.partition(":")
+    if head in ("expertsteer-cond", "control-cond"):
+        control = None
+        if head == "control-cond":
+            control, _, rest = rest.partition(":")
+            if control not in CONTROLS:
+                raise _unknown(name)
+        if rest == "own":
+            parts: dict = {}
+        else:
+            t = resolve(f"expertsteer:{rest}")
+            parts = {"aligner": t.aligner, "pairing": t.pairing}
+        if control is None:
+            return METHODS.make("expertsteer-cond", **parts)
+        return METHODS.make("control-cond", control=control, **parts)
     if head == "control":
         control, _, rest = rest.partition(":")
         if control not in CONTROLS:
@@ -198,9 +284,22 @@ def parse_methods(
         names = list(METHODS)
     out: list[str] = []
     controls: list[str] = []  # control kinds for the listed variants, expanded at the end
+    cond_controls: list[str] = []
     for name in filter(None, names):
         head, _, rest = name.partition(":")
-        if head == "expertsteer":
+        if head == "expertsteer-cond":
+            variants = ["own", *(t.partition(":")[2] for t in _transfers("expertsteer", pairings))]
+            out += [resolve(f"{head}:{v}").name for v in ([rest] if rest else variants)]
+        elif head == "control-cond":
+            kind, _, variant = rest.partition(":")
+            if kind and kind not in CONTROLS:
+                raise _unknown(name)
+            if variant:
+                kinds = [kind] if kind else list(CONTROLS)
+                out += [resolve(f"control-cond:{k}:{variant}").name for k in kinds]
+            else:
+                cond_controls += [kind] if kind else list(CONTROLS)
+        elif head == "expertsteer":
             out += _transfers(name, pairings)
         elif head == "control":
             kind, _, variant = rest.partition(":")
@@ -218,6 +317,14 @@ def parse_methods(
         if not variants:
             variants = [resolve(n).variant for n in _transfers("expertsteer", pairings)]
         out += [f"control:{k}:{v}" for v in variants for k in dict.fromkeys(controls)]
+    if cond_controls:
+        variants = [resolve(n).variant for n in out if n.startswith("expertsteer-cond:")]
+        out += [
+            f"control-cond:{k}:{v}"
+            for v in variants or ["own"]
+            for k in dict.fromkeys(cond_controls)
+            if (k, v) != ("target-as-expert", "own")  # that is self-cond
+        ]
     out = list(dict.fromkeys(out))
     if not out:
         raise DataSpecError("no methods given")

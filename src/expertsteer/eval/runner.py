@@ -26,6 +26,14 @@ from ..plan import SteeringPlan
 from ..provenance import git_commit
 from ..tune import tune
 from .concept import concept_report, concept_spans
+from .conditioned import (
+    ConditionedScorer,
+    ProbeData,
+    cond_nulls,
+    ensemble_correct,
+    probe_choice_correct,
+    probe_layers,
+)
 from .controls import stand_in_expert, transfer_nulls
 from .methods import DEFAULT_PAIRINGS, parse_methods, resolve
 from .scorer import Scorer, zero_shot
@@ -107,7 +115,12 @@ class EvalResult:
 
 
 def _needs_expert(name: str) -> bool:
-    return name == "expert" or resolve(name).kind in ("transfer", "control")
+    return name == "expert" or resolve(name).kind in (
+        "transfer",
+        "conditioned",
+        "expert-only",
+        "control",
+    )
 
 
 def _load(ref: str | LoadedModel) -> LoadedModel:
@@ -167,6 +180,8 @@ def run_eval(
             gen = [r["generation"][row["name"]] for r in runs]
             row["generation_score"] = float(np.concatenate(gen).mean())
             row["generation_ci95"] = list(bootstrap_ci(np.concatenate(gen), seed=first["seed"]))
+    models = _pooled_models(runs)
+    _gap_closed(rows, models)
     norms = Counter(r["norm"] for r in runs)
     report = {
         "task": task.name,
@@ -179,7 +194,7 @@ def run_eval(
         "train_data": config.train_data or "task train split (correct vs wrong answer pairs)",
         "norm": norms.most_common(1)[0][0],
         "majority_rate": float(np.mean([r["majority_rate"] for r in runs])),
-        "models": _pooled_models(runs),
+        "models": models,
         "methods": rows,
         "concept_transfer": concept,
         "sweeps": first["sweeps"],
@@ -195,6 +210,19 @@ def run_eval(
         plans={name: plan for name, plan in plans.items() if any(plan.alphas.values())},
         mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
     )
+
+
+def _gap_closed(rows: list[dict[str, Any]], models: dict[str, Any]) -> None:
+    """Per row, the fraction of the target → expert zero-shot gap it closes (where the expert
+    is better zero-shot): 0 = the target alone, 1 = as good as the expert."""
+    t, e = models.get("target", {}), models.get("expert", {})
+    if "test" not in t or "test" not in e:
+        return
+    t_acc, e_acc = t["test"][t["norm"]], e["test"][e["norm"]]
+    if e_acc <= t_acc:
+        return
+    for row in rows:
+        row["gap_closed"] = (row["score"] - t_acc) / (e_acc - t_acc)
 
 
 def _pooled_models(runs: list[Run]) -> dict[str, Any]:
@@ -249,7 +277,7 @@ def _run_seed(
 
     val_s, test_s = scorers(target)
     models = {"target": zero_shot(val_s, test_s)}
-    expert_test = None
+    expert_val = expert_test = None
     if expert is not None:
         try:
             expert_val, expert_test = scorers(expert)
@@ -271,13 +299,15 @@ def _run_seed(
     plans: dict[str, SteeringPlan] = {}
     estimators: dict[tuple[str | None, str], ExpertSteer] = {}
     stand_ins: dict[str, LoadedModel] = {}
+    own: dict[str, SteeringPlan] = {}
+    probe_sets: dict[tuple[str, tuple[int, ...]], ProbeData] = {}
     last_use = {resolve(n).control: k for k, n in enumerate(methods) if resolve(n).control}
 
-    def tuned(name: str, plan: SteeringPlan, kind: str) -> dict[str, Any]:
+    def tuned(name: str, plan: SteeringPlan, kind: str, val=val_s, test=test_s) -> dict[str, Any]:
         ks = sorted({min(k, len(plan.layers)) for k in config.layer_counts})
         result = tune(
             plan,
-            metrics=lambda ps: [float(c.mean()) for c in val_s.correct_many(ps)],
+            metrics=lambda ps: [float(c.mean()) for c in val.correct_many(ps)],
             alphas=config.alphas,
             n_layers=ks,
             progress=progress,
@@ -288,12 +318,87 @@ def _run_seed(
         return {
             "name": name,
             "kind": kind,
-            "correct": test_s.correct(best),
+            "correct": test.correct(best),
             "val_score": result.score,
             "alpha": result.alpha,
             "layers": list(result.layers) if result.alpha != 0 else [],
             "pairs": [list(p) for p in best.pairs] if best.pairs else None,
         }
+
+    def source(control: str | None) -> LoadedModel:
+        """The model playing the expert: the expert, or a control's stand-in (built once)."""
+        assert expert is not None
+        if control is None:
+            return expert
+        if control not in stand_ins:
+            stand_ins[control] = stand_in_expert(control, expert, target, seed)
+        return stand_ins[control]
+
+    def estimator(control: str | None, aligner: str) -> ExpertSteer:
+        if (control, aligner) not in estimators:
+            estimators[(control, aligner)] = ExpertSteer(
+                source(control), target, aligner=aligner, seed=seed, progress=progress,
+                **pipeline,
+            )  # fmt: skip
+            estimators[(control, aligner)].fit(contrast)
+        return estimators[(control, aligner)]
+
+    def own_plan() -> SteeringPlan:
+        """The target's own direction of the conditioned methods (self-rfm's fit, once)."""
+        if "own" not in own:
+            own["own"] = fit_target_only(
+                target, contrast, method="self-rfm", n_layers=config.n_pairs, seed=seed,
+                batch_size=config.batch_size, progress=progress,
+            )  # fmt: skip
+        return own["own"]
+
+    def probe_data(key: str, lm: LoadedModel, layers: list[int]) -> ProbeData:
+        if (key, tuple(layers)) not in probe_sets:
+            probe_sets[(key, tuple(layers))] = ProbeData(
+                lm, layers, train, val, test, batch_size=config.batch_size
+            )
+        return probe_sets[(key, tuple(layers))]
+
+    def conditioned(name: str, method) -> dict[str, Any] | None:
+        """A row of a conditioned method or of the expert-only baselines."""
+        if name == "ensemble":
+            if expert_test is None:
+                return None
+            c, w, v = ensemble_correct((val_s, test_s), (expert_val, expert_test))
+            return {"name": name, "kind": method.kind, "correct": c, "val_score": v, "weight": w}
+        if name == "self-cond":
+            lm, key = target, "target"
+        elif method.control is not None:
+            lm, key = source(method.control), method.control
+        else:
+            lm, key = expert, "expert"
+        assert lm is not None
+        if method.variant in (None, "own"):
+            plan = own_plan()
+            layers = probe_layers(lm)
+        else:
+            plan = estimator(method.control, method.aligner).replan(
+                contrast, pairing=method.pairing
+            )
+            layers = probe_layers(lm, plan)
+        data = probe_data(key, lm, layers)
+        probe = data.fit()
+        if name == "expert-probe":
+            c = probe_choice_correct(data, probe)
+            v = float(probe_choice_correct(data, probe, "val").mean())
+            return {"name": name, "kind": method.kind, "correct": c, "val_score": v}
+        val_c = ConditionedScorer(val_s, data.strengths(probe, "val"))
+        test_c = ConditionedScorer(test_s, data.strengths(probe, "test"))
+        row = tuned(name, plan, method.kind, val=val_c, test=test_c)
+        row["probe"] = {
+            "layer": probe.layer,
+            **{k: v for k, v in probe.metrics.items() if k != "candidates"},
+        }
+        if method.kind == "conditioned":
+            row["nulls"] = cond_nulls(
+                data, probe, plans[name], row["alpha"], test_c.base, config.n_nulls, seed
+            )
+        return row
 
     for k, name in enumerate(methods):
         t0 = time.perf_counter()
@@ -308,6 +413,8 @@ def _run_seed(
             row["correct"] = test_s.correct(prefix=task.instruction.strip() + "\n\n")
         elif name == "expert":
             row = None if expert_test is None else {**row, "correct": expert_test.correct()}
+        elif method.conditioned or method.kind == "expert-only":
+            row = conditioned(name, method)
         elif method.kind == "target-only":
             plan = fit_target_only(
                 target, contrast, method=name, n_layers=config.n_pairs, seed=seed,
@@ -316,28 +423,20 @@ def _run_seed(
             row = tuned(name, plan, "target-only")
         else:
             assert expert is not None and method.aligner is not None and method.pairing
-            if method.control and method.control not in stand_ins:
-                stand_ins[method.control] = stand_in_expert(method.control, expert, target, seed)
-            key = (method.control, method.aligner)
-            if key not in estimators:
-                source = stand_ins[method.control] if method.control else expert
-                estimators[key] = ExpertSteer(
-                    source, target, aligner=method.aligner, seed=seed, progress=progress,
-                    **pipeline,
-                )  # fmt: skip
-                estimators[key].fit(contrast)
-            est = estimators[key]
+            est = estimator(method.control, method.aligner)
             plan = est.replan(contrast, pairing=method.pairing)
             row = tuned(name, plan, method.kind)
             if method.kind == "transfer":
                 row["nulls"] = transfer_nulls(
                     row, est, contrast, plans[name], method.pairing, test_s, config.n_nulls, seed
                 )
-            if method.control and last_use[method.control] == k:  # free a stand-in model
-                for done in [key for key in estimators if key[0] == method.control]:
-                    del estimators[done]
-                del stand_ins[method.control]
-                gc.collect()
+        if method.control and last_use[method.control] == k:  # free a stand-in model
+            for done in [key for key in estimators if key[0] == method.control]:
+                del estimators[done]
+            for done in [key for key in probe_sets if key[0] == method.control]:
+                del probe_sets[done]
+            stand_ins.pop(method.control, None)
+            gc.collect()
         if row is None:
             _log(progress, f"{name}: skipped")
             continue

@@ -58,10 +58,15 @@ def option_logprobs(
     prefix: str = "",
     batch_size: int = 16,
     shared_prompt: bool = True,
+    option_alphas: Sequence[np.ndarray] | None = None,
     progress: bool | str = False,
 ) -> list[np.ndarray]:
     """Per item a ``[n_choices, 2]`` array: the summed and the per-token mean log-likelihood
     of each choice given ``prefix + prompt``, under ``plan`` (scaled by ``alpha``) if given.
+
+    ``option_alphas`` (per item, one multiplier of ``alpha`` per choice: an expert-conditioned
+    strength) steers each prompt + choice as its own input; the prompt is then steered
+    differently per choice, so every pair runs whole (the shared-prompt path is not taken).
     What is scored is :func:`scored_pair`'s text (a trailing space or newline of the prompt
     is scored with the choice, as lm-eval does).
 
@@ -70,8 +75,16 @@ def option_logprobs(
     counts items); off, every prompt + choice runs whole (``batch_size`` counts pairs). Both
     score the same tokens.
     """
-    kw = {"plan": plan, "alpha": alpha} if plan is not None else {}
+    kw: dict = {"plan": plan, "alpha": alpha} if plan is not None else {}
     pairs = [[scored_pair(prefix + item.prompt, c) for c in item.choices] for item in items]
+    if option_alphas is not None:
+        if len(option_alphas) != len(items) or any(
+            len(a) != len(item.choices) for a, item in zip(option_alphas, items)
+        ):
+            raise ValueError("option_alphas needs one multiplier per choice of every item")
+        shared_prompt = False
+        if plan is not None:
+            kw["alpha"] = np.concatenate([np.asarray(a, float) for a in option_alphas]) * alpha
     if shared_prompt:
         blocks = choice_logprobs(
             lm,

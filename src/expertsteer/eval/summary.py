@@ -17,6 +17,8 @@ from .stats import balanced_accuracy, bootstrap_ci, holm, mcnemar_p, pooled_null
 
 __all__ = ["LEVEL", "Run", "summarise", "verdict"]
 
+# The methods whose claim is the expert's: nulls, controls and the full verdict.
+TRANSFERRED = ("transfer", "conditioned")
 LEVEL = 0.05  # every "beats" in a verdict: at this level, Holm-adjusted where it says so
 # One seed: its rows (name, kind, correct, val_score, ...) and the test items' labels.
 Run = dict[str, Any]
@@ -64,17 +66,16 @@ def _stats(runs: Sequence[Run]) -> list[dict[str, Any]]:
         if none is not None and name != "none":
             row["p_vs_none"] = mcnemar_p(c, none)
         is_best = all((b := _best(run["rows"])) is not None and b["name"] == name for run in runs)
-        if best is not None and kind in ("transfer", "control", "target-only") and not is_best:
+        if best is not None and kind != "baseline" and not is_best:
             row["best_baseline"] = ", ".join(best_names)
             row["best_baseline_score"] = float(best.mean())  # pooled: each seed's own best
             row["p_vs_best_baseline"] = mcnemar_p(c, best)
-        if kind == "transfer":
+        if kind in TRANSFERRED:
             nulls = pooled_nulls([_row(run, name).get("nulls", {}) for run in runs])
             row["null_rank_p"] = worst_rank_p(row["score"], nulls)
-            variant = resolve(name).variant
-            controls = [
-                o for o in names if o.startswith("control:") and resolve(o).variant == variant
-            ]
+            controls = [o for o in names if resolve(o).controlled == name]
+            if kind == "conditioned" and "self-cond" in pooled:
+                controls.append("self-cond")  # the target judging itself: the expert's control
             row["p_vs_controls"] = {o: mcnemar_p(c, pooled[o]) for o in controls}
             row["control_scores"] = {o: float(pooled[o].mean()) for o in controls}
         out.append(row)
@@ -109,7 +110,7 @@ def verdict(row: dict[str, Any], scores: dict[str, float]) -> str:
             vs_none = f"{'beats' if row['score'] > none else 'worse than'} none (p_adj {p:.3f})"
         else:
             vs_none = f"no different from none (p_adj {p:.2f})"
-    if kind != "transfer":
+    if kind not in TRANSFERRED:
         return vs_none or "-"
     failed = []
     if none is not None and not _better(row, "p_vs_none_adjusted", none):
@@ -122,12 +123,13 @@ def verdict(row: dict[str, Any], scores: dict[str, float]) -> str:
         failed.append("no controls run")
     for other, p in controls.items():
         if not (p < LEVEL and row["score"] > row["control_scores"][other]):
-            failed.append(f"not above {other.split(':')[1]} (p {p:.2f})")
+            short = other if ":" not in other else other.split(":")[1]
+            failed.append(f"not above {short} (p {p:.2f})")
     best = row.get("best_baseline")
     if best and not _better(row, "p_adjusted", row["best_baseline_score"]):
         failed.append(f"not above {best} (p_adj {row.get('p_adjusted', 1.0):.2f})")
     if not failed:
-        return "the expert helps: beats none, its nulls, both controls and " + (best or "-")
+        return "the expert helps: beats none, its nulls, its controls and " + (best or "-")
     return "not shown: " + "; ".join(failed)
 
 
@@ -149,7 +151,7 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 seed_row.pop(k, None)
             row["per_seed"].append(seed_row)
         first = row["per_seed"][0]  # α, layers, pairs as tuned on the first seed's validation
-        for k in ("alpha", "layers", "pairs", "val_score", "nulls"):
+        for k in ("alpha", "layers", "pairs", "val_score", "nulls", "probe", "weight"):
             if k in first:
                 row[k] = first[k]
         row.setdefault("alpha", None)  # every row has them: None where nothing was tuned
