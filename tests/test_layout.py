@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("align", "mi", "pairing", "estimators"),
     ("plan",),
     ("steer",),
-    ("tune", "gate", "pipeline", "export"),
+    ("tune", "gate", "condition", "pipeline", "export", "export_lmeval"),
     ("serve", "eval"),
     ("cli",),
 ]

@@ -125,9 +125,16 @@ class ExpertProbe:
             )
 
     def read(
-        self, lm: Any, texts: Sequence[str], *, batch_size: int = 16, progress=False
+        self,
+        lm: Any,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 16,
+        progress: bool = False,
+        cache: bool | str | Path = True,
     ) -> Tensor:
-        """The expert's states ``[n, d]`` at the probe's block (a prefill stopping there)."""
+        """The expert's states ``[n, d]`` at the probe's block (a prefill stopping there);
+        ``cache=False`` for served prompts (they must not land in the on-disk state cache)."""
         self.check_expert(lm)
         return extract(
             lm,
@@ -138,6 +145,7 @@ class ExpertProbe:
             chat_template=self.chat_template,
             max_length=self.max_length,
             progress=progress,
+            cache=cache,
         )[0]
 
     def strengths_for(self, lm: Any, texts: Sequence[str], **kw: Any) -> Tensor:

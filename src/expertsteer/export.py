@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .export_lmeval import export_lm_eval
 from .io import CorruptFileError, atomic_path, tensors_digest
 from .plan import ModelInfo, SteeringPlan
 from .registry import Registry
@@ -278,3 +279,6 @@ def import_gguf(
 # The formats `expertsteer export --format` writes: name -> writer(plan, path, **options).
 EXPORT_FORMATS: Registry = Registry("export format")
 EXPORT_FORMATS.register("gguf", export_gguf, "a llama.cpp / repeng control vector")
+EXPORT_FORMATS.register(
+    "lm-eval", export_lm_eval, "lm-evaluation-harness's `--model steered` file (.pt)"
+)

@@ -2,6 +2,20 @@
 
 Faster than the naive padded batch: texts are sorted by length (little padding), the LM head is
 never run (we call the base model) and the forward stops after the last layer needed.
+
+Encoders (BERT-type, ``lm.kind == "encoder"``) are read on the text's own tokens: the special
+tokens the tokenizer wraps the text in (``[CLS] ... [SEP]``) are never a named read. ``"last"``
+is the last real token (the one before ``[SEP]``), ``"mean"`` the mean over the real tokens.
+Why not ``[SEP]`` or ``[CLS]``: the alignment maps are fitted on real-token states (special
+tokens have no characters, so :func:`expertsteer.tokens.shared_token_ends` never pairs them) and
+a ``[SEP]``/``[CLS]`` state is outside the maps' domain; the last real token ends at the same
+character as a causal target's last token, the very position an alignment pair would match; in
+a bidirectional encoder it has seen the whole text, as a causal model's last token has; and in
+BERT-type encoders ``[SEP]`` is an attention sink with little content (Clark et al., 2019),
+while ``[CLS]`` of a mean-pooled sentence encoder (all-MiniLM) was never trained as a summary.
+Encoders are always right-padded and get their own position ids (MPNet and RoBERTa count them
+from the padding index, not from 0), at most ``tokenizer.model_max_length`` tokens (512 for
+BERT): what the model computes for each text alone.
 """
 
 from __future__ import annotations
@@ -30,6 +44,9 @@ from .models import LoadedModel
 from .types import ReadPosition, Tensor
 
 EXTRACT_VERSION = "1"
+# Cache-key tag of the encoder read rule above (causal keys unchanged): states of encoders read
+# before it (at [SEP]; MPNet with 0-based positions) are never reused.
+ENCODER_READ = "encoder-real-tokens-1"
 log = logging.getLogger(__name__)
 
 
@@ -65,6 +82,15 @@ def prepare_texts(lm: LoadedModel, texts: Sequence[str], chat_template: bool) ->
     ]
 
 
+def max_tokens(lm: LoadedModel, max_length: int | None) -> int | None:
+    """The truncation length: ``max_length``, capped for an encoder at the tokenizer's
+    ``model_max_length`` (its position table is fixed: 512 for BERT)."""
+    limit = getattr(lm.tokenizer, "model_max_length", None)
+    if lm.kind != "encoder" or not isinstance(limit, int) or limit <= 0 or limit > 1_000_000:
+        return max_length
+    return limit if max_length is None else min(max_length, limit)
+
+
 def encode(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -72,23 +98,44 @@ def encode(
     chat_template: bool = False,
     max_length: int | None = 512,
     offsets: bool = False,
+    specials: bool = False,
 ) -> list[dict]:
-    """Token ids (and character offsets if asked) per text, exactly as ``extract`` sees them."""
+    """Token ids (and character offsets, or the special-token mask, if asked) per text, exactly
+    as ``extract`` sees them."""
     prepared = prepare_texts(lm, texts, chat_template)
+    max_length = max_tokens(lm, max_length)
     enc = lm.tokenizer(
         prepared,
         add_special_tokens=not chat_template,  # the template already holds its special tokens
         truncation=max_length is not None,
         max_length=max_length,
         return_offsets_mapping=offsets,
+        return_special_tokens_mask=specials,
     )
     out = []
     for i in range(len(prepared)):
         item = {"input_ids": enc["input_ids"][i]}
         if offsets:
             item["offsets"] = enc["offset_mapping"][i]
+        if specials:
+            item["special"] = enc["special_tokens_mask"][i]
         out.append(item)
     return out
+
+
+def read_span(lm: LoadedModel, item: dict) -> tuple[int, int]:
+    """The tokens ``[lo, hi]`` a named read uses in one encoded text (``encode(specials=True)``):
+    ``"last"`` reads ``hi``, ``"mean"`` averages ``lo..hi``.
+
+    Causal: the last token, and the mean without the first token (an attention sink, or BOS).
+    Encoder: the real tokens only, the special tokens around them dropped (module docstring);
+    a text of special tokens only (e.g. one combining accent, normalised away) reads them all.
+    """
+    n = len(item["input_ids"])
+    if lm.kind != "encoder":
+        return (1 if n > 1 else 0), n - 1
+    real = [k for k, s in enumerate(item["special"]) if not s]
+    return (real[0], real[-1]) if real else (0, n - 1)
 
 
 def _cache_key(
@@ -103,6 +150,7 @@ def _cache_key(
     h.update(
         json.dumps(
             [EXTRACT_VERSION, lm.fingerprint, position, layers, chat_template, max_length]
+            + ([ENCODER_READ] if lm.kind == "encoder" else [])
         ).encode()
     )
     for t in texts:
@@ -201,8 +249,10 @@ def extract(
     Returns float32 ``[len(layers), N, d]`` where N is ``len(texts)`` for ``"last"`` (last token)
     and ``"mean"`` (mean over tokens, the first - attention-sink / BOS - token excluded), or the
     total number of indices for explicit per-text token positions (negative indices count from
-    the end of each text). ``cache`` (True: the default cache folder, or a folder) stores results
-    keyed by model fingerprint, texts, layers and read rule.
+    the end of each text, special tokens included). An encoder's ``"last"`` and ``"mean"`` read
+    its real tokens only: the last one before ``[SEP]``, the mean without ``[CLS]``/``[SEP]``
+    (see the module docstring). ``cache`` (True: the default cache folder, or a folder) stores
+    results keyed by model fingerprint, texts, layers and read rule.
     """
     prepared, wanted, path = _resolve(lm, texts, layers, position, chat_template, max_length, cache)
     if path is not None and path.exists():
@@ -372,8 +422,9 @@ def _run(
     sink: _MemorySink | _FileSink,
 ) -> None:
     """Forward the texts in length-sorted batches; each read goes to ``sink`` at its rows."""
-    encoded = encode(lm, texts, chat_template=chat_template, max_length=max_length)
+    encoded = encode(lm, texts, chat_template=chat_template, max_length=max_length, specials=True)
     ids = [e["input_ids"] for e in encoded]
+    spans = [read_span(lm, e) for e in encoded]
     if not isinstance(position, str):
         for k, (pos, seq) in enumerate(zip(position, ids)):
             bad = [p for p in pos if not -len(seq) <= p < len(seq)]
@@ -382,9 +433,12 @@ def _run(
                     f"text {k} has {len(seq)} tokens; positions {bad} are out of range"
                 )
 
-    side = padding_side or lm.tokenizer.padding_side or "right"
+    encoder = lm.kind == "encoder"
+    # An encoder is right-padded and left to number its own positions: bidirectional attention
+    # makes the side moot for the read, and MPNet / RoBERTa number from the padding index.
+    side = "right" if encoder else padding_side or lm.tokenizer.padding_side or "right"
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    pass_positions = _accepts(lm.base, "position_ids")
+    pass_positions = not encoder and _accepts(lm.base, "position_ids")
     device = lm.device
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     # Rows of text i in the output: [first[i], first[i] + count[i]). Filled batch by batch (each
@@ -418,11 +472,11 @@ def _run(
         read: list[list[Tensor]] = []
         for r, i in enumerate(rows):
             n, off = len(ids[i]), offsets[r]
+            lo, hi = spans[i]
             if position == "last":
-                sel = [s[r, off + n - 1] for s in states]
+                sel = [s[r, off + hi] for s in states]
             elif position == "mean":
-                lo = off + 1 if n > 1 else off  # the first token is an attention sink
-                sel = [s[r, lo : off + n].mean(0) for s in states]
+                sel = [s[r, off + lo : off + hi + 1].mean(0) for s in states]
             else:
                 idx = torch.tensor(
                     [p % n + off for p in position[i]], dtype=torch.long, device=states[0].device

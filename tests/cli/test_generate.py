@@ -1,13 +1,19 @@
 """``expertsteer generate``: unsteered and steered completions side by side; bad input (a bad
-scope, a damaged plan) is one message."""
+scope, a damaged plan) is one message; an expert-conditioned plan steers each prompt with its
+own α·g(p) (exactly conditioned_generate), and without its expert is one message."""
+
+import dataclasses
+from types import SimpleNamespace
 
 from cli_helpers import flat, save_model
 from typer.testing import CliRunner
 
 from expertsteer.cli import app
 from expertsteer.cli import generate as generate_module
+from expertsteer.condition import ConditionedPlan, ExpertProbe, conditioned_generate
 from expertsteer.models import load_model
 from expertsteer.plan import TENSORS_NAME, ModelInfo, SteeringPlan
+from expertsteer.steer import generate as steered_generate
 from expertsteer.steer.scope import WRITTEN_SCOPES
 from tiny import plan_with_norms, tiny_model, unit
 
@@ -70,3 +76,92 @@ def test_help_lists_the_written_scopes():
     assert result.exit_code == 0
     assert f"Tokens steered: {', '.join(WRITTEN_SCOPES)}." in flat(result)
     assert generate_module.generate.__doc__.split("\n")[0] in flat(result)
+
+
+# --- expert-conditioned plans -------------------------------------------------------------------
+
+COND_PROMPTS = ["hi there", "The quick brown fox"]
+
+
+def conditioned_setup(tmp_path, recorded_name=None):
+    """Saved tiny target and expert, and a conditioned plan folder on them (the probe recording
+    the expert under its folder's path, or under ``recorded_name``)."""
+    target = load_model(save_model(tiny_model("llama"), tmp_path / "target"))
+    expert = load_model(save_model(tiny_model("gpt2", seed=1), tmp_path / "expert"))
+    info = ModelInfo.of(expert)
+    if recorded_name is not None:
+        info = dataclasses.replace(info, name=recorded_name)
+    probe = ExpertProbe(info, 1, 30.0 * unit(expert.hidden_size, 5), 0.2)
+    cplan = ConditionedPlan(SteeringPlan({1: unit(32, 1)}, {1: 0.8}, ModelInfo.of(target)), probe)
+    cplan.save_pretrained(tmp_path / "cplan")
+    return target, expert, cplan
+
+
+def tables(monkeypatch) -> list:
+    """The rich tables the generate command prints, kept instead (their cells, unwrapped)."""
+    printed: list = []
+    monkeypatch.setattr(generate_module, "console", SimpleNamespace(print=printed.append))
+    return printed
+
+
+def cells(table, title: str) -> list[str]:
+    (column,) = [c for c in table.columns if c.header == title]
+    return list(column._cells)
+
+
+def test_cli_generate_with_a_conditioned_plan_is_conditioned_generate(tmp_path, monkeypatch):
+    target, expert, cplan = conditioned_setup(tmp_path)
+    printed = tables(monkeypatch)
+    argv = ["generate", *COND_PROMPTS, "--target", str(tmp_path / "target")]
+    argv += ["--steer", str(tmp_path / "cplan"), "--alpha", "1.5", "--max-new-tokens", "5"]
+    for extra in (["--expert", str(tmp_path / "expert")], []):  # [] : the recorded expert
+        result = CliRunner().invoke(app, argv + extra)
+        assert result.exit_code == 0, result.output
+    want = conditioned_generate(target, expert, COND_PROMPTS, cplan, alpha=1.5, max_new_tokens=5)
+    alphas = cplan.alphas(expert, COND_PROMPTS, 1.5)
+    plain = steered_generate(target, COND_PROMPTS, max_new_tokens=5)
+    for table in printed:
+        assert cells(table, "steered") == [t.strip() for t in want]
+        assert cells(table, "unsteered") == [t.strip() for t in plain]
+        assert cells(table, "α·g(p)") == [f"{float(a):+.3f}" for a in alphas]
+        assert alphas[0] < 0 < alphas[1]  # the prompts really get their own strengths
+        assert f"conditioned on {tmp_path / 'expert'} (probe at block 1" in table.title
+
+
+def test_cli_generate_without_the_expert_is_one_message(tmp_path, monkeypatch):
+    conditioned_setup(tmp_path, recorded_name="no-such-expert")
+
+    def loader(*args, **kwargs):
+        raise AssertionError("model loaded")
+
+    argv = ["generate", "hi", "--target", str(tmp_path / "target")]
+    argv += ["--steer", str(tmp_path / "cplan")]
+    with monkeypatch.context() as m:  # refused before any model loads
+        m.setattr("expertsteer.models.load_model", loader)
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1, result.output
+    out = flat(result)
+    assert "error:" in out and "this plan is expert-conditioned: it needs the expert" in out
+    assert "'no-such-expert', the expert its probe recorded, does not load here" in out
+    assert "pass --expert MODEL" in out and "Traceback" not in result.output
+    other = CliRunner().invoke(app, [*argv, "--expert", str(tmp_path / "target")])
+    assert other.exit_code == 1 and "is another model" in flat(other)
+
+
+def test_cli_generate_refuses_an_expert_for_a_static_plan(tmp_path):
+    lm = tiny_model("llama")
+    save_model(lm, tmp_path / "model")
+    SteeringPlan(
+        {1: unit(32, 0)}, {1: 8.0}, ModelInfo.of(load_model(tmp_path / "model"))
+    ).save_pretrained(tmp_path / "plan")
+    argv = [
+        "generate",
+        "hi",
+        "--target",
+        str(tmp_path / "model"),
+        "--steer",
+        str(tmp_path / "plan"),
+    ]
+    result = CliRunner().invoke(app, [*argv, "--expert", str(tmp_path / "model")])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --expert: is only for expert-conditioned plans" in flat(result)

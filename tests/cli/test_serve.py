@@ -1,11 +1,17 @@
-"""``expertsteer serve``: the plan options are checked before the model is loaded."""
+"""``expertsteer serve``: the plan options are checked before the model is loaded; an
+expert-conditioned plan is served with its expert (``--expert``), or refused at start-up."""
+
+import dataclasses
 
 import pytest
+import torch
 from cli_helpers import flat
 from typer.testing import CliRunner
 
 from expertsteer.cli import app
 from expertsteer.cli.serve import LOOPBACK
+from expertsteer.condition import ConditionedPlan, ExpertProbe
+from expertsteer.plan import ModelInfo
 from tiny import plan_with_norms, tiny_model
 
 
@@ -58,6 +64,7 @@ def test_the_server_gets_every_setting(tmp_path, served, host):
         "max_tokens": 7,
         "max_body_bytes": 99,
         "max_batch": 2,
+        "expert": None,
     }
     assert f"serving tiny-llama with plans ['up'] on http://{host}:8123/v1" in flat(res)
     assert "warning" not in res.output
@@ -71,3 +78,60 @@ def test_a_public_host_without_a_key_is_warned_about(served):
     assert served[0]["plans"] == {} and served[0]["host"] == "0.0.0.0"
     res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": "k"})
     assert res.exit_code == 0 and "warning" not in res.output and served[1]["api_key"] == "k"
+
+
+@pytest.fixture
+def served_with_expert(monkeypatch) -> tuple[list[dict], dict]:
+    """As ``served``, with two model references: ``x`` (a tiny llama) and ``ex`` (a gpt2)."""
+    calls = []
+    models = {"x": tiny_model("llama"), "ex": tiny_model("gpt2", seed=1)}
+    monkeypatch.setattr("expertsteer.models.load_model", lambda ref: models[ref])
+    monkeypatch.setattr(
+        "expertsteer.serve.serve",
+        lambda lm, plans, **kw: calls.append({"lm": lm, "plans": plans, **kw}),
+    )
+    return calls, models
+
+
+def save_conditioned(folder, target, expert, name=None):
+    info = ModelInfo.of(expert)
+    if name is not None:
+        info = dataclasses.replace(info, name=name)
+    probe = ExpertProbe(info, 1, torch.zeros(expert.hidden_size), 40.0)
+    ConditionedPlan(plan_with_norms(target), probe).save_pretrained(folder)
+
+
+def test_a_conditioned_plan_is_served_with_its_expert(tmp_path, served_with_expert):
+    calls, models = served_with_expert
+    save_conditioned(tmp_path / "c", models["x"], models["ex"])
+    plan_with_norms(models["x"]).save_pretrained(tmp_path / "s")
+    argv = ["serve", "--target", "x", "--steer", f"c={tmp_path / 'c'}"]
+    argv += ["--steer", f"s={tmp_path / 's'}", "--expert", "ex"]
+    res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": None})
+    assert res.exit_code == 0, res.output
+    (call,) = calls
+    assert call["expert"] is models["ex"] and isinstance(call["plans"]["c"], ConditionedPlan)
+    assert "expert tiny-gpt2 conditions plans ['c']" in flat(res)
+
+
+def test_a_conditioned_plan_without_its_expert_does_not_start(tmp_path, served_with_expert):
+    calls, models = served_with_expert
+    save_conditioned(tmp_path / "c", models["x"], models["ex"], name="no-such-expert")
+    argv = ["serve", "--target", "x", "--steer", f"c={tmp_path / 'c'}"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 1 and not calls
+    assert "error: c: this plan is expert-conditioned: it needs the expert 'no-such-expert'" in (
+        flat(res)
+    )
+    assert "pass --expert MODEL" in flat(res) and "Traceback" not in res.output
+    res = CliRunner().invoke(app, [*argv, "--expert", "x"])  # the target is another model
+    assert res.exit_code == 1 and "is another model" in flat(res) and not calls
+
+
+def test_an_expert_without_a_conditioned_plan_is_a_usage_error(tmp_path, served_with_expert):
+    calls, models = served_with_expert
+    plan_with_norms(models["x"]).save_pretrained(tmp_path / "s")
+    argv = ["serve", "--target", "x", "--steer", f"s={tmp_path / 's'}", "--expert", "ex"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2 and not calls
+    assert "Invalid value for --expert: is only for expert-conditioned plans" in flat(res)

@@ -1,4 +1,5 @@
-"""``expertsteer export`` and ``expertsteer import-gguf``: plans as llama.cpp control vectors."""
+"""``expertsteer export`` and ``expertsteer import-gguf``: plans as llama.cpp control vectors
+and lm-evaluation-harness steering files."""
 
 from __future__ import annotations
 
@@ -10,32 +11,68 @@ from ..export import EXPORT_FORMATS
 from . import args
 from .main import app, console, user_errors
 
+# options that only some formats take: given to another format, they are a usage error
+FORMAT_OPTIONS = {"model_hint": "--model-hint", "target": "--target"}
+
 
 @app.command()
 @user_errors
 def export(
     steer: Path = typer.Option(..., help="Plan folder (from `expertsteer fit`)."),
-    out: Path = typer.Option(..., help="File to write (e.g. plan.gguf)."),
+    out: Path = typer.Option(..., help="File to write (plan.gguf; plan.pt for lm-eval)."),
     format: str = typer.Option("gguf", help=f"{EXPORT_FORMATS.help()}."),
     alpha: float = typer.Option(None, help="Global scale baked into the vectors (default 1)."),
     bake_alpha: bool = typer.Option(
         True,
         "--bake-alpha/--no-bake-alpha",
-        help="Store alpha × α_j × v_j (ready for llama.cpp) or the unit vectors v_j.",
+        help="Store alpha × α_j × v_j (ready to use) or the unit vectors v_j.",
     ),
-    model_hint: str = typer.Option(None, help="controlvector.model_hint (default: target name)."),
+    model_hint: str = typer.Option(
+        None, help="gguf: controlvector.model_hint (default: target name)."
+    ),
+    target: str = typer.Option(
+        None,
+        help="lm-eval: the model whose module names the file uses (catalog name or folder; "
+        "default: the plan's target). Only its config is read.",
+    ),
 ) -> None:
-    """Write a plan as a llama.cpp control vector (`llama-cli --control-vector FILE`)."""
+    """Write a plan for another tool: a llama.cpp control vector (`llama-cli --control-vector
+    FILE`) or an lm-evaluation-harness steering file (`lm_eval --model steered`)."""
+    import inspect
+
     from ..plan import SteeringPlan
 
-    writer = EXPORT_FORMATS[args.choice(format, EXPORT_FORMATS, "--format")]
+    name = args.choice(format, EXPORT_FORMATS, "--format")
+    writer = EXPORT_FORMATS[name]
+    accepted = inspect.signature(writer).parameters
+    given = {"model_hint": model_hint, "target": target}
+    for key, value in given.items():
+        if value is not None and key not in accepted:
+            raise typer.BadParameter(
+                f"--format {name} takes no {FORMAT_OPTIONS[key]}", param_hint=FORMAT_OPTIONS[key]
+            )
     plan = SteeringPlan.from_pretrained(steer)
-    writer(plan, out, alpha=alpha, bake_alpha=bake_alpha, model_hint=model_hint)
+    options = {k: v for k, v in given.items() if k in accepted}
+    if name == "lm-eval":
+        from ..export_lmeval import hookpoints, model_skeleton, steered_model_args
+
+        model_name = target or plan.target.name
+        options["target"] = skeleton = model_skeleton(model_name)
+    writer(plan, out, alpha=alpha, bake_alpha=bake_alpha, **options)
     what = (
         f"alpha {alpha if alpha is not None else 1:g} × α_j baked in"
         if bake_alpha
         else "unit vectors; α_j in the expertsteer.* metadata only"
     )
+    if name == "lm-eval":
+        if not bake_alpha:
+            what = "unit vectors; steering_coefficient = α_j"
+        points = ", ".join(hookpoints(skeleton, plan.layers).values())
+        console.print(f"wrote {out}: hook points {points} ({what}, action add, every position)")
+        console.print(
+            f"use: lm_eval --model steered --model_args {steered_model_args(model_name, out)}"
+        )
+        return
     console.print(f"wrote {out}: direction.<j> for blocks {plan.layers} ({what})")
 
 

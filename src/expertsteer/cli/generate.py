@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
 from ..steer.scope import WRITTEN_SCOPES
 from . import args
+from . import expert as experts
 from .main import app, console, user_errors
 
 
@@ -16,6 +19,11 @@ def generate(
     prompts: list[str] = typer.Argument(..., help="Prompts to complete."),
     target: str = typer.Option(..., help="Target model: catalog name, path, GGUF or hub id."),
     steer: str = typer.Option(..., help="Plan folder (from `expertsteer fit`) or hub repo."),
+    expert: str = typer.Option(
+        None,
+        help="Expert of an expert-conditioned plan (catalog name, path, GGUF or hub id); "
+        "default: the expert its probe recorded, if that loads here.",
+    ),
     alpha: float = typer.Option(1.0, help="Global scale on the plan's per-layer α."),
     scope: str = typer.Option("all", help=f"Tokens steered: {', '.join(WRITTEN_SCOPES)}."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate per prompt."),
@@ -23,30 +31,59 @@ def generate(
         True, "--chat-template/--no-chat-template", help="Use the model's chat template if any."
     ),
 ) -> None:
-    """Greedy completions of PROMPTS without and with the plan, side by side."""
+    """Greedy completions of PROMPTS without and with the plan, side by side.
+
+    An expert-conditioned plan (its folder holds probe.json) steers each prompt with α·g(p):
+    the expert reads the prompt as written, its probe gives p (shown per prompt)."""
     token_scope = args.token_scope(scope)
 
+    import torch
+
+    from ..condition import ConditionedPlan, load_plan
     from ..models import load_model
-    from ..plan import SteeringPlan
     from ..steer import generate as steered_generate
 
-    plan = SteeringPlan.from_pretrained(steer)
+    loaded = load_plan(steer)
+    expert_ref = experts.expert_ref({steer: loaded}, expert)  # before any model loads
     lm = load_model(target)
+    expert_lm = experts.load_expert({steer: loaded}, expert_ref, target_ref=target, target=lm)
+    plan = loaded.plan if isinstance(loaded, ConditionedPlan) else loaded
     n = len(prompts)
-    # One batch: the first n rows unsteered, the last n steered (per-row plans).
+    row_alpha: Any = alpha  # a float, or one α per prompt (a tensor) for a conditioned plan
+    rows_alpha: Any = alpha
+    if isinstance(loaded, ConditionedPlan):
+        # as ConditionedPlan.alphas / conditioned_generate read them (batch_size 8): one read
+        states = loaded.probe.read(expert_lm, prompts, batch_size=8)
+        p, row_alpha = loaded.probe.probability(states), alpha * loaded.probe.strengths(states)
+        rows_alpha = torch.cat([row_alpha, row_alpha])
+    # One batch: the first n rows unsteered, the last n steered (per-row plans; per-row α for a
+    # conditioned plan: the unsteered rows' α is unused).
     texts = steered_generate(
         lm,
         prompts + prompts,
         plan=[None] * n + [plan] * n,
-        alpha=alpha,
+        alpha=rows_alpha,
         scope=token_scope,
         chat_template=None if chat_template else False,
         max_new_tokens=max_new_tokens,
     )
     layers = ", ".join(f"{j}: {plan.alphas[j] * alpha:.2f}" for j in plan.layers)
-    table = Table(title=f"{plan.method} plan on {lm.name} (α per layer {layers}; scope {scope})")
-    for col in ("prompt", "unsteered", f"steered (alpha ×{alpha:g})"):
+    title = f"{plan.method} plan on {lm.name} (α per layer {layers}; scope {scope})"
+    columns = ["prompt", "unsteered", f"steered (alpha ×{alpha:g})"]
+    if isinstance(loaded, ConditionedPlan):
+        title = (
+            f"{plan.method} plan on {lm.name}, conditioned on {expert_lm.name} (probe at block "
+            f"{loaded.probe.layer}, g = {loaded.probe.strength}): α per layer {layers}, × g(p) "
+            f"per prompt; scope {scope}"
+        )
+        columns = ["prompt", "p", "α·g(p)", "unsteered", "steered"]
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, overflow="fold")
     for k, prompt in enumerate(prompts):
-        table.add_row(prompt, texts[k].strip(), texts[n + k].strip())
+        steered = (texts[k].strip(), texts[n + k].strip())
+        if isinstance(loaded, ConditionedPlan):
+            table.add_row(prompt, f"{float(p[k]):.3f}", f"{float(row_alpha[k]):+.3f}", *steered)
+        else:
+            table.add_row(prompt, *steered)
     console.print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import args
+from . import expert as experts
 from .main import app, console, errors, user_errors
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -17,6 +18,11 @@ def serve(
     steer: list[str] = typer.Option(
         [], help="A plan to offer, as NAME=DIR (repeatable); requests pick it by NAME."
     ),
+    expert: str = typer.Option(
+        None,
+        help="Expert the expert-conditioned plans read with (catalog name, path, GGUF or hub "
+        "id), loaded beside the target; default: the one their probe recorded, if it loads here.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
     port: int = typer.Option(8000, min=0, max=65535),
     api_key: str = typer.Option(
@@ -26,23 +32,32 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body accepted."),
     max_batch: int = typer.Option(8, min=1, help="Requests decoded together (1: one at a time)."),
 ) -> None:
-    """An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions)."""
+    """An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions).
+
+    Expert-conditioned plans (folders holding probe.json) need --expert: per request, the expert
+    reads the prompt (a chat's last user message) and the request's α becomes α·g(p)."""
     folders = args.named_plans(steer)
 
+    from ..condition import load_plan
     from ..models import load_model
-    from ..plan import SteeringPlan
     from ..serve import serve as run_server
 
-    plans = {name: SteeringPlan.from_pretrained(d) for name, d in folders.items()}
+    plans = {name: load_plan(d) for name, d in folders.items()}
+    expert_ref = experts.expert_ref(plans, expert)  # before any model loads
     if host not in LOOPBACK and api_key is None:
         errors.print(f"[yellow]warning:[/] listening on {host} without --api-key")
     lm = load_model(target)
+    expert_lm = experts.load_expert(plans, expert_ref, target_ref=target, target=lm)
     console.print(
         f"serving {lm.name} with plans {sorted(plans) or 'none'} on http://{host}:{port}/v1"
     )
+    if expert_lm is not None:
+        names = sorted(experts.conditioned(plans))
+        console.print(f"expert {expert_lm.name} conditions plans {names}")
     run_server(
         lm,
         plans,
+        expert=expert_lm,
         host=host,
         port=port,
         api_key=api_key,

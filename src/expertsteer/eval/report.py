@@ -62,7 +62,8 @@ LEGEND = (
     "null p: rank among the nulls, (1 + nulls at or above the method) / (1 + nulls), the larger "
     "of the shuffled-label and random-direction families, at the method's tuned α and layers; "
     "controls r/t: test accuracy of the same pipeline with a re-initialised expert / with the "
-    "target as its own expert."
+    "target as its own expert; a conditioned method's last one is self-cond (the target's own "
+    "probe)."
 )
 
 
@@ -177,6 +178,8 @@ def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list
         "baseline": "grey",
         "target-only": "tab:blue",
         "transfer": "tab:orange",
+        "conditioned": "tab:red",
+        "expert-only": "tab:green",
         "control": "tab:purple",
     }
     ax.bar(

@@ -7,7 +7,11 @@ through ``extra_body``::
     {"model": "smollm2-135m", "prompt": "...", "steering": {"plan": "calm", "alpha": 1.0,
      "scope": "all"}}
 
-No ``steering`` (or ``null``) is the unsteered model. Errors are 4xx JSON in OpenAI's shape
+No ``steering`` (or ``null``) is the unsteered model. A plan may be expert-conditioned
+(:class:`~expertsteer.condition.ConditionedPlan`, served with ``expert=``): each prompt's α is
+then the request's α times g(p), the expert's probe reading that prompt (a chat request: its
+last user message), and each choice reports its own ``steering`` (``p``, ``strength``,
+``alpha``). Errors are 4xx JSON in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
 
 The layers, from the wire inward:
@@ -21,7 +25,7 @@ The layers, from the wire inward:
 """
 
 from .app import ServerThread, create_app, read_json, serve
-from .engine import Engine, Event, Job, Sampling
+from .engine import Conditioning, Engine, Event, Job, Sampling
 from .protocol import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_TOKENS,
@@ -38,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_TOKENS",
     "ApiError",
+    "Conditioning",
     "Engine",
     "Event",
     "Job",

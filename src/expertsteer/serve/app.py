@@ -11,13 +11,16 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..deps import require
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from .protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, ApiError
 from .server import SteeringServer
+
+if TYPE_CHECKING:
+    from ..condition import ConditionedPlan
 
 
 async def read_json(request: Any, limit: int) -> dict[str, Any]:
@@ -46,8 +49,9 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
 
 def create_app(
     lm: LoadedModel,
-    plans: Mapping[str, SteeringPlan],
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
     *,
+    expert: LoadedModel | None = None,
     model_id: str | None = None,
     api_key: str | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -56,8 +60,9 @@ def create_app(
     batch_window_s: float = 0.01,
     strict: bool = True,
 ) -> Any:
-    """The FastAPI app serving ``lm`` with ``plans`` (name → plan). ``app.state.server`` holds
-    the :class:`SteeringServer`; its worker stops when the app shuts down."""
+    """The FastAPI app serving ``lm`` with ``plans`` (name → plan; ``expert``: the model that
+    expert-conditioned plans need). ``app.state.server`` holds the :class:`SteeringServer`; its
+    worker stops when the app shuts down."""
     fastapi = require("fastapi", "expertsteer serve")
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -65,6 +70,7 @@ def create_app(
     server = SteeringServer(
         lm,
         plans,
+        expert=expert,
         model_id=model_id,
         max_tokens=max_tokens,
         max_batch=max_batch,
@@ -172,7 +178,7 @@ class ServerThread:
 
 def serve(
     lm: LoadedModel,
-    plans: Mapping[str, SteeringPlan],
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
     *,
     host: str = "127.0.0.1",
     port: int = 8000,

@@ -12,6 +12,12 @@ hands text deltas to the request's ``on_event`` callback (from the worker thread
 
 A job carries typed values only (a parsed :class:`TokenScope`, a float α): the engine never
 parses, and batches by value, so jobs whose scopes were spelled differently still share a batch.
+
+An expert-conditioned job (:class:`Conditioning`) has its α scaled by ``g(p)``: the probe's
+reading of the expert's state of the job's text. The worker reads every conditioned row of a
+batch (one expert prefill, up to the probe's block) just before the batch runs, so the expert,
+like the target, is only ever run by the worker thread (it may even be the target itself), and
+rows with different strengths share a batch (α is per row).
 """
 
 from __future__ import annotations
@@ -62,6 +68,30 @@ class Event:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    p: float | None = None  # a conditioned row's probe probability (``done`` events)
+    strength: float | None = None  # ... and its g(p): the row's α was the job's α times this
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """An expert-conditioned row: ``expert`` reads ``text``, and ``probe`` (an
+    :class:`~expertsteer.condition.ExpertProbe`) turns its state into ``g(p)`` in [-1, 1],
+    which scales the job's α."""
+
+    probe: Any
+    expert: LoadedModel | None  # None fails the row's batch (ExpertMissingError), never unsteers
+    text: str | None
+
+
+def read_strengths(
+    probe: Any, expert: LoadedModel | None, texts: Sequence[str | None]
+) -> tuple[list[float], list[float]]:
+    """``(p, g(p))`` per text, as :meth:`ExpertProbe.strengths_for` reads them, but nothing is
+    cached: a served prompt is never written to disk."""
+    if any(t is None for t in texts):
+        raise ValueError("a conditioned row needs the text its expert reads")
+    states = probe.read(expert, texts, cache=False)
+    return probe.probability(states).tolist(), probe.strengths(states).tolist()
 
 
 _ids = itertools.count()
@@ -72,7 +102,8 @@ class Job:
     """One prompt to complete. ``on_event`` is called from the worker thread.
 
     ``scope`` is a parsed :class:`TokenScope` (parse user text at the boundary, e.g. with
-    ``TokenScope.parse``); ``alpha`` scales the plan's per-layer α of this row.
+    ``TokenScope.parse``); ``alpha`` scales the plan's per-layer α of this row, times the
+    expert's ``g(p)`` when ``condition`` is set (the worker fills ``p`` and ``strength``).
     """
 
     prompt_ids: list[int]
@@ -83,10 +114,20 @@ class Job:
     scope: TokenScope = ALL
     sampling: Sampling = Sampling()
     stop: tuple[str, ...] = ()
+    condition: Conditioning | None = None
     cancelled: bool = False  # set by the caller (client gone): the row stops at the next step
     id: int = field(default_factory=lambda: next(_ids))
+    p: float | None = None  # set by the worker for a conditioned job, before its batch runs
+    strength: float | None = None
+
+    @property
+    def row_alpha(self) -> float:
+        """The α this row is steered with: ``alpha``, times ``g(p)`` when conditioned."""
+        return self.alpha if self.strength is None else self.alpha * self.strength
 
     def __post_init__(self) -> None:
+        if self.condition is not None and self.plan is None:
+            raise ValueError("a conditioned job needs the plan whose α it scales")
         # checked here, in the caller's thread: a bad job must not reach the worker
         if not isinstance(self.scope, TokenScope):
             raise TypeError(
@@ -163,6 +204,8 @@ class Row:
                     finish_reason=reason,
                     prompt_tokens=len(self.job.prompt_ids),
                     completion_tokens=len(self.tokens) + n_extra,
+                    p=self.job.p,
+                    strength=self.job.strength,
                 )
             )
 
@@ -319,6 +362,7 @@ class Engine:
         self.batches.append(len(jobs))
         rows = [Row(j, self.lm.tokenizer, self.eos) for j in jobs]
         try:
+            self._condition(jobs)
             self._generate(jobs, rows)
         except Exception as exc:  # the batch fails; the worker keeps serving
             for row in rows:
@@ -328,6 +372,21 @@ class Engine:
             return
         for row in rows:  # generate stopped on its own max_new_tokens (safety net)
             row.finish("length")
+
+    @staticmethod
+    def _condition(jobs: Sequence[Job]) -> None:
+        """Each conditioned job's ``p`` and ``strength``: one expert read per (probe, expert)."""
+        groups: dict[tuple[int, int], list[Job]] = {}
+        for job in jobs:
+            if job.condition is not None:
+                key = (id(job.condition.probe), id(job.condition.expert))
+                groups.setdefault(key, []).append(job)
+        for group in groups.values():
+            c = group[0].condition
+            assert c is not None
+            p, g = read_strengths(c.probe, c.expert, [j.condition.text for j in group])
+            for job, pk, gk in zip(group, p, g):
+                job.p, job.strength = pk, gk
 
     @torch.no_grad()
     def _generate(self, jobs: Sequence[Job], rows: list[Row]) -> None:
@@ -342,7 +401,7 @@ class Engine:
         handle = None
         if any(p is not None for p in plans):
             scope = next(j.scope for j in jobs if j.plan is not None)
-            alpha = torch.tensor([j.alpha for j in jobs], dtype=torch.float64)  # [R]: α per row
+            alpha = torch.tensor([j.row_alpha for j in jobs], dtype=torch.float64)  # [R]: α per row
             handle = attach(lm, rows=plans, alpha=alpha, scope=scope)
         sampling = jobs[0].sampling
         if sampling.seed is not None:

@@ -3,17 +3,28 @@
 Everything a client typed is validated here, once: numbers, stop strings, messages, and the
 ``steering`` field, whose scope becomes a :class:`TokenScope` and whose α one float. Inner code
 (server, engine) receives only these typed values.
+
+An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) also needs the text
+its expert reads, per prompt (:attr:`Request.reads`): a completion's prompt as written, and for
+a chat request the last user message's content. Not the target's rendered chat prompt: that
+carries the *target's* template markup, which the probe never saw (it was fitted on plain texts,
+put through the expert's own template when ``probe.chat_template``), and it ends on the
+template's generation prompt, not on the user's words. So a one-message chat request gets
+exactly the strength :func:`~expertsteer.condition.conditioned_generate` gives that message.
 """
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from ..steer.scope import WRITTEN_SCOPES, TokenScope
 from .engine import Sampling
+
+if TYPE_CHECKING:  # not imported at run time: expertsteer.condition brings in scikit-learn
+    from ..condition import ConditionedPlan, ExpertProbe
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -112,7 +123,9 @@ def parse_int(body: Mapping, key: str) -> int | None:
 class Steering:
     """A request's steering: no plan (unsteered), or a named plan with α and a parsed scope.
 
-    ``spec`` is the scope as the client wrote it, echoed back in the response.
+    ``spec`` is the scope as the client wrote it, echoed back in the response. ``probe`` is set
+    for an expert-conditioned plan (``plan`` is then its direction): each prompt's α becomes
+    ``alpha · g(p)``, ``p`` the probe's reading of the expert's state of that prompt.
     """
 
     plan: SteeringPlan | None = None
@@ -120,6 +133,7 @@ class Steering:
     alpha: float = 1.0
     scope: TokenScope = TokenScope("all")
     spec: str = "all"
+    probe: "ExpertProbe | None" = None
 
 
 def parse_scope(value: Any) -> TokenScope:
@@ -134,7 +148,7 @@ def parse_scope(value: Any) -> TokenScope:
         ) from None
 
 
-def parse_steering(value: Any, plans: Mapping[str, SteeringPlan]) -> Steering:
+def parse_steering(value: Any, plans: "Mapping[str, SteeringPlan | ConditionedPlan]") -> Steering:
     """The ``steering`` body field: ``{"plan": NAME, "alpha": 1.0, "scope": "all"}`` or null."""
     if value is None:
         return Steering()
@@ -166,7 +180,10 @@ def parse_steering(value: Any, plans: Mapping[str, SteeringPlan]) -> Steering:
             400, f"steering.alpha must be a finite number, not {alpha!r}", param="steering.alpha"
         )
     spec = value.get("scope", "all")
-    return Steering(plans[name], name, float(alpha), parse_scope(spec), spec)
+    plan = plans[name]
+    if not isinstance(plan, SteeringPlan):  # a ConditionedPlan: a direction and a probe
+        return Steering(plan.plan, name, float(alpha), parse_scope(spec), spec, plan.probe)
+    return Steering(plan, name, float(alpha), parse_scope(spec), spec)
 
 
 def parse_stop(value: Any) -> tuple[str, ...]:
@@ -182,8 +199,8 @@ def parse_stop(value: Any) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def messages_text(lm: LoadedModel, messages: Any) -> str:
-    """The chat-templated prompt of OpenAI ``messages`` (text content only)."""
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """OpenAI ``messages`` checked, as ``{"role", "content"}`` dicts (text content only)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
     chat = []
@@ -200,6 +217,16 @@ def messages_text(lm: LoadedModel, messages: Any) -> str:
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
         chat.append({"role": m["role"], "content": content})
+    return chat
+
+
+def messages_text(lm: LoadedModel, messages: Any) -> str:
+    """The chat-templated prompt of OpenAI ``messages`` (text content only)."""
+    return render_chat(lm, chat_messages(messages))
+
+
+def render_chat(lm: LoadedModel, chat: list[dict[str, str]]) -> str:
+    """Checked messages (:func:`chat_messages`) through ``lm``'s chat template."""
     if not getattr(lm.tokenizer, "chat_template", None):
         raise ApiError(
             400, f"{lm.name} has no chat template: use /v1/completions", param="messages"
@@ -228,13 +255,18 @@ class Request:
     include_usage: bool
     chat: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    # What a conditioned plan's expert reads, one text per prompt (None: no user message)
+    reads: list[str | None] = field(default_factory=list)
 
 
-def _prompts(lm: LoadedModel, body: Mapping, chat: bool) -> list[list[int]]:
+def _prompts(lm: LoadedModel, body: Mapping, chat: bool) -> tuple[list[list[int]], list]:
+    """The prompts' token ids, and the text the expert reads of each (see the module doc)."""
     tok = lm.tokenizer
     if chat:
-        text = messages_text(lm, body.get("messages"))
-        return [tok(text, add_special_tokens=False)["input_ids"]]
+        messages = chat_messages(body.get("messages"))
+        text = render_chat(lm, messages)
+        user = [m["content"] for m in messages if m["role"] == "user"]
+        return [tok(text, add_special_tokens=False)["input_ids"]], [user[-1] if user else None]
     prompt = body.get("prompt")
     texts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -244,7 +276,7 @@ def _prompts(lm: LoadedModel, body: Mapping, chat: bool) -> list[list[int]]:
     prompts = [tok(t)["input_ids"] for t in texts]
     if any(not p for p in prompts):
         raise ApiError(400, "prompt must not be empty", param="prompt")
-    return prompts
+    return prompts, list(texts)
 
 
 def _max_tokens(body: Mapping, chat: bool, longest: int, limit: int, context: int | None) -> int:
@@ -277,7 +309,7 @@ def parse_request(
     chat: bool,
     lm: LoadedModel,
     model_id: str,
-    plans: Mapping[str, SteeringPlan],
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
     max_tokens: int = DEFAULT_MAX_TOKENS,
     context: int | None = None,
 ) -> Request:
@@ -297,7 +329,7 @@ def parse_request(
     for key, allowed in UNSUPPORTED.items():
         if key in body and body[key] not in allowed:
             raise ApiError(400, f"{key}={body[key]!r} is not supported by this server", param=key)
-    prompts = _prompts(lm, body, chat)
+    prompts, reads = _prompts(lm, body, chat)
     n_tokens = _max_tokens(body, chat, max(map(len, prompts)), max_tokens, context)
     sampling = Sampling(
         temperature=parse_number(body, "temperature", 0.0, 0.0, 2.0),
@@ -310,13 +342,22 @@ def parse_request(
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
+    steering = parse_steering(body.get("steering"), plans)
+    if steering.probe is not None and None in reads:
+        raise ApiError(
+            400,
+            f"plan {steering.name!r} is expert-conditioned: its expert reads the last user "
+            "message, and these messages have none",
+            param="messages",
+        )
     return Request(
         prompts=prompts,
         max_tokens=n_tokens,
         sampling=sampling,
-        steering=parse_steering(body.get("steering"), plans),
+        steering=steering,
         stop=parse_stop(body.get("stop")),
         stream=stream,
         include_usage=bool(options.get("include_usage")),
         chat=chat,
+        reads=reads,
     )

@@ -29,10 +29,24 @@ def usage(finals: Iterable[Event]) -> dict[str, int]:
 
 
 def steering_echo(steering: Steering) -> dict[str, Any]:
-    """The ``steering`` field of a response: what was applied (the scope as the client wrote it)."""
+    """The ``steering`` field of a response: what was applied (the scope as the client wrote it);
+    for an expert-conditioned plan also the expert that judged each prompt (its per-choice
+    strengths: :func:`choice_steering`)."""
     if steering.plan is None:
         return {"steering": None}
-    return {"steering": {"plan": steering.name, "alpha": steering.alpha, "scope": steering.spec}}
+    echo = {"plan": steering.name, "alpha": steering.alpha, "scope": steering.spec}
+    if steering.probe is not None:
+        echo["expert"] = steering.probe.expert.name
+    return {"steering": echo}
+
+
+def choice_steering(steering: Steering, final: Event | None) -> dict[str, Any]:
+    """A conditioned choice's own ``steering`` field: the probe's ``p``, ``strength`` = g(p)
+    and the ``alpha`` its prompt was steered with (the request's α times g(p)); else nothing."""
+    if final is None or final.strength is None:
+        return {}
+    alpha = steering.alpha * final.strength
+    return {"steering": {"p": final.p, "strength": final.strength, "alpha": alpha}}
 
 
 def completion_body(
@@ -42,11 +56,13 @@ def completion_body(
     choices = []
     for i, text in enumerate(texts):
         reason = finals[i].finish_reason
+        own = choice_steering(req.steering, finals[i])
         if req.chat:
             message = {"role": "assistant", "content": text}
-            choices.append({"index": i, "message": message, "finish_reason": reason})
+            choices.append({"index": i, "message": message, "finish_reason": reason, **own})
         else:
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+            choice = {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+            choices.append({**choice, **own})
     return {
         "id": completion_id(req.chat),
         "object": "chat.completion" if req.chat else "text_completion",
@@ -72,7 +88,7 @@ class Chunks:
     """The chunks of one streamed response (they share its id, creation time and model)."""
 
     def __init__(self, req: Request, model_id: str) -> None:
-        self.chat = req.chat
+        self.chat, self.steering = req.chat, req.steering
         self.head = {
             "id": completion_id(req.chat),
             "object": "chat.completion.chunk" if req.chat else "text_completion",
@@ -99,8 +115,10 @@ class Chunks:
     def delta(self, i: int, text: str) -> str:
         return self.chunk([self.choice(i, text, None)])
 
-    def final(self, i: int, reason: str | None) -> str:
-        return self.chunk([self.choice(i, None if self.chat else "", reason)])
+    def final(self, i: int, reason: str | None, done: Event | None = None) -> str:
+        """Choice ``i``'s end; a conditioned choice's strength (``done``) rides along."""
+        own = choice_steering(self.steering, done)
+        return self.chunk([{**self.choice(i, None if self.chat else "", reason), **own}])
 
     def usage(self, finals: Iterable[Event]) -> str:
         return self.chunk([], usage=usage(finals))

@@ -3,29 +3,40 @@
 A parsed :class:`~.protocol.Request` becomes one engine :class:`~.engine.Job` per prompt; the
 jobs' events (from the engine's worker thread) come back on an asyncio queue and are shaped
 into a whole response or a stream of chunks. Testable without HTTP.
+
+An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) is registered like a
+static one; the server then holds its ``expert`` beside the target (checked against the probe
+at start-up), and each of the plan's jobs carries a :class:`~.engine.Conditioning`: the engine
+has the expert read the prompt (:attr:`.protocol.Request.reads`) and steers that row with the
+request's α times g(p).
 """
 
 import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from . import responses
-from .engine import Engine, Event, Job
+from .engine import Conditioning, Engine, Event, Job
 from .protocol import DEFAULT_MAX_TOKENS, ApiError, Request, parse_request
+
+if TYPE_CHECKING:
+    from ..condition import ConditionedPlan
 
 
 class SteeringServer:
-    """One target model, its named steering plans, and the engine that runs their requests."""
+    """One target model, its named steering plans, and the engine that runs their requests;
+    ``expert``: the model expert-conditioned plans need (one, shared by all of them)."""
 
     def __init__(
         self,
         lm: LoadedModel,
-        plans: Mapping[str, SteeringPlan],
+        plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
         *,
+        expert: LoadedModel | None = None,
         model_id: str | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         max_batch: int = 8,
@@ -35,11 +46,21 @@ class SteeringServer:
         if lm.kind != "causal":
             raise ValueError(f"{lm.name} is an encoder; serving needs a causal LM")
         for name, plan in plans.items():
+            # a ConditionedPlan: its direction is checked on the target, its probe on the expert
+            direction = plan if isinstance(plan, SteeringPlan) else plan.plan
             try:
-                plan.check_target(lm, strict=strict)
+                direction.check_target(lm, strict=strict)
             except ValueError as exc:
                 raise ValueError(f"plan {name!r}: {exc}") from exc
-        self.lm, self.plans = lm, dict(plans)
+            if direction is not plan:
+                from ..condition import ExpertMissingError
+
+                try:
+                    plan.probe.check_expert(expert)
+                except ExpertMissingError as exc:
+                    raise ExpertMissingError(f"plan {name!r}: {exc}") from exc
+        self.lm, self.plans, self.expert = lm, dict(plans), expert
+        self.conditioned = sorted(n for n, p in plans.items() if not isinstance(p, SteeringPlan))
         self.model_id = model_id or lm.name
         self.max_tokens = max_tokens
         config = getattr(lm.model, "config", None)
@@ -57,9 +78,16 @@ class SteeringServer:
                     "created": self.created,
                     "owned_by": "expertsteer",
                     "steering_plans": sorted(self.plans),
+                    **self._expert_info(),
                 }
             ],
         }
+
+    def _expert_info(self) -> dict[str, Any]:
+        if not self.conditioned:
+            return {}
+        assert self.expert is not None
+        return {"conditioned_plans": self.conditioned, "expert": self.expert.name}
 
     def parse(self, body: dict[str, Any], *, chat: bool) -> Request:
         """A request body checked against this server (see :func:`.protocol.parse_request`)."""
@@ -84,6 +112,8 @@ class SteeringServer:
                 with contextlib.suppress(RuntimeError):  # the loop is gone: server shut down
                     loop.call_soon_threadsafe(events.put_nowait, (i, ev))
 
+            probe = req.steering.probe
+            condition = None if probe is None else Conditioning(probe, self.expert, req.reads[i])
             job = Job(
                 prompt_ids=ids,
                 max_new_tokens=req.max_tokens,
@@ -93,6 +123,7 @@ class SteeringServer:
                 scope=req.steering.scope,
                 sampling=req.sampling,
                 stop=req.stop,
+                condition=condition,
             )
             self.engine.submit(job)
             jobs.append(job)
@@ -132,7 +163,7 @@ class SteeringServer:
                     return
                 else:
                     finals[i] = ev
-                    yield out.final(i, ev.finish_reason)
+                    yield out.final(i, ev.finish_reason, ev)
             if req.include_usage:
                 yield out.usage(finals.values())
             yield responses.DONE
