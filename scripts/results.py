@@ -24,7 +24,7 @@ from expertsteer import __version__
 from expertsteer.cli.screen import screen_markdown, write_screen
 from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
-from expertsteer.eval.screen import BIGBENCH_ALL
+from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS
 from expertsteer.io import atomic_path
 from expertsteer.models import load_model
 from expertsteer.provenance import git_commit
@@ -46,7 +46,10 @@ METHODS = (
     "expertsteer:ridge:depth,expertsteer:ae:lowest,expertsteer:ridge:lowest,"
     "expertsteer:procrustes:depth,"
     "control:random-expert:ridge:depth,control:target-as-expert:ridge:depth,"
-    "control:random-expert:ae:lowest,control:target-as-expert:ae:lowest"
+    "control:random-expert:ae:lowest,control:target-as-expert:ae:lowest,"
+    # issue 17: the expert's per-input judgement, its baselines and its control
+    "expertsteer-cond:own,expertsteer-cond:ridge:depth,self-cond,expert-probe,ensemble,"
+    "control-cond:random-expert:own"
 )
 SEEDS = (0, 1, 2)
 ALPHAS = (0.0, 1.0, 2.0, 4.0)
@@ -136,6 +139,7 @@ def evaluate(force: bool) -> None:
                 expert=expert,
                 methods=METHODS,
                 limit=EVAL_LIMIT,
+                max_prompt_chars=MAX_PROMPT_CHARS,
                 seeds=SEEDS,
                 alphas=ALPHAS,
                 n_nulls=N_NULLS,

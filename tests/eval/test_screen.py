@@ -105,6 +105,24 @@ def test_limit_is_a_seeded_subset_the_same_for_both_models(tmp_path, models):
         run_screen(expert, target, [spec], limit=0, progress=False)
 
 
+def test_items_longer_than_the_budget_are_left_out_and_counted(tmp_path, models):
+    expert, target = models
+    spec = write_task(tmp_path / "task.jsonl", n=12)
+    task = load_task(spec)
+    lengths = [len(it.prompt) + max(map(len, it.choices)) for it in task.items]
+    cut = sorted(lengths)[8]  # 9 items at or under it
+    row = run_screen(expert, target, [spec], max_prompt_chars=cut, progress=False).rows[0]
+    kept = [it for it, n in zip(task.items, lengths) if n <= cut]
+    assert row.n == len(kept) and row.n_long == 12 - len(kept) > 0
+    assert np.array_equal(
+        row.target.correct, mc_correct(option_logprobs(target, kept), kept, "mean")
+    )
+    with pytest.raises(ValueError, match="is longer than 1 characters"):
+        run_screen(expert, target, [spec], max_prompt_chars=1, progress=False)
+    every = run_screen(expert, target, [spec], max_prompt_chars=None, progress=False).rows[0]
+    assert every.n == 12 and every.n_long == 0
+
+
 def test_a_failing_task_is_a_row_and_the_screen_goes_on(tmp_path, models):
     expert, target = models
     spec = write_task(tmp_path / "task.jsonl", n=12)

@@ -172,3 +172,18 @@ def test_domainsteer_task():
     second = sum(i.answer for i in everything.items) / len(everything)
     assert 0.45 < second < 0.55 and everything.binary and not everything.fixed_choices
     assert len(everything) > 1500
+
+
+def test_within_keeps_the_short_items(tmp_path):
+    from tiny import write_task
+
+    task = load_task(write_task(tmp_path / "t.jsonl", n=10))
+    lengths = [len(it.prompt) + max(map(len, it.choices)) for it in task.items]
+    cut = sorted(lengths)[4]
+    short = task.within(cut)
+    assert [it.prompt for it in short.items] == [
+        it.prompt for it, n in zip(task.items, lengths) if n <= cut
+    ]
+    assert task.within(max(lengths)) is task
+    with pytest.raises(ValueError, match="is longer than 1 characters"):
+        task.within(1)

