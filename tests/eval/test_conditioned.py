@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
-from expertsteer.eval import EvalConfig, load_task, run_eval
+from expertsteer.condition import ConditionedPlan, load_plan
+from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.conditioned import (
     ENSEMBLE_WEIGHTS,
     ConditionedScorer,
@@ -118,16 +121,28 @@ def test_method_names_and_links():
         assert n in everything
 
 
-def test_conditioned_methods_end_to_end(setup):
+def report_plans(out):
+    return json.loads((out / "results.json").read_text())["plans"]
+
+
+def test_conditioned_methods_end_to_end(setup, tmp_path):
     expert, target, spec, _ = setup
     methods = (
         "none,self-rfm,expertsteer-cond:own,expertsteer-cond:ridge:depth,self-cond,"
         "expert-probe,ensemble,control-cond"
     )
-    report = run_eval(
-        EvalConfig(task=spec, target=target, expert=expert, methods=methods, **FAST),
+    result = run_eval(
+        EvalConfig(
+            task=spec,
+            target=target,
+            expert=expert,
+            methods=methods,
+            generation=True,
+            **{**FAST, "alphas": (1.0, 4.0)},  # no α = 0: every tuned plan steers
+        ),
         progress=False,
-    ).report
+    )
+    report = result.report
     rows = {m["name"]: m for m in report["methods"]}
     assert list(rows) == [
         "none",
@@ -154,3 +169,13 @@ def test_conditioned_methods_end_to_end(setup):
     assert own["verdict"] and all(0 <= r["score"] <= 1 for r in rows.values())
     # self-cond is a target-only method: a candidate for the best baseline
     assert rows["self-cond"]["kind"] == "target-only"
+    # generation: a conditioned method's α per prompt from its probe's reading of the prompt
+    assert "generation_score" in own and "generation_score" in rows["self-cond"]
+    assert "generation_score" not in rows["control-cond:random-expert:own"]  # freed stand-in
+    # the tuned conditioned plans are saved with their probes
+    out = write_report(result, tmp_path / "report")
+    for name in ("expertsteer-cond:own", "expertsteer-cond:ridge:depth", "self-cond"):
+        saved = load_plan(out / report_plans(out)[name])
+        assert isinstance(saved, ConditionedPlan)
+        assert saved.probe.layer == rows[name]["probe"]["layer"]
+    assert not isinstance(load_plan(out / report_plans(out)["self-rfm"]), ConditionedPlan)

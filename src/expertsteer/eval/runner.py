@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..condition import ConditionedPlan
 from ..data import load_data
 from ..models import LoadedModel, load_model
 from ..pipeline import ExpertSteer, fit_target_only
@@ -111,7 +112,7 @@ class EvalResult:
     report: dict[str, Any]  # see :func:`expertsteer.eval.write_report`
     # The tuned plans (α and layers as chosen on validation) that steer, by method name: the
     # first seed's.
-    plans: dict[str, SteeringPlan] = field(default_factory=dict)
+    plans: dict[str, SteeringPlan | ConditionedPlan] = field(default_factory=dict)
     mi_plan: SteeringPlan | None = None  # the first transfer plan with an MI matrix (heat-map)
 
 
@@ -210,7 +211,7 @@ def run_eval(
     mi_plan = next((plans[r["name"]] for r in rows if r["kind"] == "transfer"), None)
     return EvalResult(
         report=report,
-        plans={name: plan for name, plan in plans.items() if any(plan.alphas.values())},
+        plans={name: plan for name, plan in plans.items() if any(_static(plan).alphas.values())},
         mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
     )
 
@@ -303,6 +304,7 @@ def _run_seed(
     estimators: dict[tuple[str | None, str], ExpertSteer] = {}
     stand_ins: dict[str, LoadedModel] = {}
     own: dict[str, SteeringPlan] = {}
+    readers: dict[str, LoadedModel] = {}  # conditioned method -> the model its probe reads
     probe_sets: dict[tuple[str, tuple[int, ...]], ProbeData] = {}
     last_use = {resolve(n).control: k for k, n in enumerate(methods) if resolve(n).control}
 
@@ -401,6 +403,9 @@ def _run_seed(
             row["nulls"] = cond_nulls(
                 data, probe, plans[name], row["alpha"], test_c.base, config.n_nulls, seed
             )
+        plans[name] = ConditionedPlan(plans[name], probe)  # saved with its probe
+        if method.control is None:  # a stand-in is freed before generation scoring
+            readers[name] = lm
         return row
 
     for k, name in enumerate(methods):
@@ -448,7 +453,9 @@ def _run_seed(
         step(name)
         _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f}")
 
-    generation = _generation(rows, plans, target, test, config) if config.generation else {}
+    generation = (
+        _generation(rows, plans, readers, target, test, config) if config.generation else {}
+    )
     concept = None
     if expert is not None and task.concept_name is not None:
         _log(progress, f"concept transfer ({task.concept_name}), seed {seed}")
@@ -479,19 +486,30 @@ def _run_seed(
     }
 
 
-def _generation(rows, plans, target, test: Task, config: EvalConfig) -> dict[str, np.ndarray]:
-    """Greedy answers scored by alias match, per method that steers or prompts the target."""
+def _static(plan: SteeringPlan | ConditionedPlan) -> SteeringPlan:
+    return plan.plan if isinstance(plan, ConditionedPlan) else plan
+
+
+def _generation(
+    rows, plans, readers, target, test: Task, config: EvalConfig
+) -> dict[str, np.ndarray]:
+    """Greedy answers scored by alias match, per method that steers or prompts the target; a
+    conditioned method's α per prompt from its probe's reading of the prompt (no options
+    here: only the reading of the question can act)."""
     out = {}
     for r in rows:
-        if r["name"] in ("expert", "majority"):
+        name = r["name"]
+        if name in ("expert", "majority", "expert-probe", "ensemble"):
             continue
-        prefix = test.instruction.strip() + "\n\n" if r["name"] == "prompt" else ""
-        out[r["name"]], _ = generation_scores(
-            target,
-            test.items,
-            plan=plans.get(r["name"]),
-            prefix=prefix,
-            batch_size=config.batch_size,
+        plan, alpha = plans.get(name), 1.0
+        if isinstance(plan, ConditionedPlan):
+            if name not in readers:  # a control's stand-in: freed by now
+                continue
+            alpha = plan.alphas(readers[name], [it.prompt for it in test.items])
+            plan = plan.plan
+        prefix = test.instruction.strip() + "\n\n" if name == "prompt" else ""
+        out[name], _ = generation_scores(
+            target, test.items, plan=plan, alpha=alpha, prefix=prefix, batch_size=config.batch_size
         )
     return out
 

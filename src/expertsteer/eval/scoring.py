@@ -205,13 +205,14 @@ def generation_scores(
     items: Sequence[Item],
     *,
     plan=None,
-    alpha: float = 1.0,
+    alpha: float | torch.Tensor = 1.0,
     prefix: str = "",
     max_new_tokens: int = 32,
     batch_size: int = 8,
 ) -> tuple[np.ndarray, list[str]]:
     """Greedy answers (no chat template: the prompts are completion-style) and 1.0 where the
-    answer is right by :func:`generation_correct`."""
+    answer is right by :func:`generation_correct`. ``alpha``: one scale, or one per item (an
+    expert-conditioned strength)."""
     kw = {"plan": plan, "alpha": alpha} if plan is not None else {}
     texts = generate(
         lm,
