@@ -24,7 +24,7 @@ from expertsteer import __version__
 from expertsteer.cli.screen import screen_markdown, write_screen
 from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
-from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS
+from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, ScreenRow
 from expertsteer.io import atomic_path
 from expertsteer.models import load_model
 from expertsteer.provenance import git_commit
@@ -71,8 +71,11 @@ def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> li
         if spec in done:
             continue
         print(f"   {spec} ({limit} items)", flush=True)
-        result = run_screen(expert, target, [spec], limit=limit, progress=False)
-        rows.append({**result.to_json()["rows"][0], "git_commit": result.git_commit})
+        try:
+            result = run_screen(expert, target, [spec], limit=limit, progress=False)
+            rows.append({**result.to_json()["rows"][0], "git_commit": result.git_commit})
+        except ValueError as exc:  # the task did not load, or every item is too long
+            rows.append({**ScreenRow(spec, error=str(exc)).to_json(), "git_commit": git_commit()})
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return [r for r in rows if r["task"] in specs]
