@@ -2,7 +2,7 @@
 
 lm-eval's built-in ``steered`` model (``lm_eval/models/hf_steered.py``, ``SteeredModel``) is
 its HF backend with forward hooks. Its ``steer_path`` is a ``.pt``/``.pth`` file it reads with
-``torch.load(f, weights_only=False)`` — full pickle — holding one entry per hook point::
+torch's loader with ``weights_only`` off — full pickle — holding one entry per hook point::
 
     {hookpoint: {"steering_vector": Tensor[d], "steering_coefficient": float,
                  "action": "add", "bias": None, "head_index": None}, ...}
