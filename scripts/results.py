@@ -72,7 +72,7 @@ def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> li
             continue
         print(f"   {spec} ({limit} items)", flush=True)
         try:
-            result = run_screen(expert, target, [spec], limit=limit, progress=False)
+            result = run_screen(expert, target, [spec], limit=limit, prune=True, progress=False)
             rows.append({**result.to_json()["rows"][0], "git_commit": result.git_commit})
         except ValueError as exc:  # the task did not load, or every item is too long
             rows.append({**ScreenRow(spec, error=str(exc)).to_json(), "git_commit": git_commit()})

@@ -123,6 +123,40 @@ def test_items_longer_than_the_budget_are_left_out_and_counted(tmp_path, models)
     assert every.n == 12 and every.n_long == 0
 
 
+def test_prune_scores_the_expert_only_where_the_target_could_be_selected(
+    tmp_path, models, monkeypatch
+):
+    expert, target = models
+    a = write_task(tmp_path / "a.jsonl", n=16, seed=1)
+    b = write_task(tmp_path / "b.jsonl", n=16, seed=2)
+    full = {r.task: r for r in run_screen(expert, target, [a, b], progress=False).rows}
+    monkeypatch.setattr(screen_mod, "_can_be_selected", lambda task, score: task.name == a)
+    pruned = run_screen(expert, target, [a, b], prune=True, progress=False)
+    rows = {r.task: r for r in pruned.rows}
+    assert pruned.prune and not run_screen(expert, target, [a], progress=False).prune
+    assert np.array_equal(rows[a].expert.correct, full[a].expert.correct)
+    assert rows[a].gap == full[a].gap
+    assert rows[b].expert is None and rows[b].gap is None and not rows[b].selected
+    assert rows[b].notes["expert"] == screen_mod.PRUNED
+    assert np.array_equal(rows[b].target.correct, full[b].target.correct)
+    # nothing left for the expert: it is never loaded
+    monkeypatch.setattr(screen_mod, "_can_be_selected", lambda task, score: False)
+    monkeypatch.setattr(screen_mod, "load_model", lambda ref: pytest.fail("expert loaded"))
+    none = run_screen("some-expert", target, [a], prune=True, progress=False)
+    assert none.models["expert"]["name"] == "some-expert"
+
+
+def test_can_be_selected_needs_the_target_above_chance_and_majority(tmp_path):
+    task = load_task(write_task(tmp_path / "t.jsonl", n=10))  # chance 0.5, majority 0.5
+
+    def score(acc):
+        return screen_mod.ModelScore(np.array([1.0] * acc + [0.0] * (10 - acc)), {}, (0, 1))
+
+    assert screen_mod._can_be_selected(task, score(6))
+    assert not screen_mod._can_be_selected(task, score(5))
+    assert not screen_mod._can_be_selected(task, "cannot answer")
+
+
 def test_a_failing_task_is_a_row_and_the_screen_goes_on(tmp_path, models):
     expert, target = models
     spec = write_task(tmp_path / "task.jsonl", n=12)

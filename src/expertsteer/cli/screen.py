@@ -63,6 +63,12 @@ def _header(report: dict[str, Any]) -> str:
             if report.get("max_prompt_chars")
             else "; "
         )
+        + (
+            "the expert scored only where the target is above chance and the majority rate "
+            "(prune); "
+            if report.get("prune")
+            else ""
+        )
         + f"expertsteer {report['library_version']}, commit {report['git_commit'] or 'unknown'}."
     )
 
@@ -143,6 +149,11 @@ def screen(
         help="Leave out items whose prompt + longest choice is longer (characters); "
         "each row counts them (n_long).",
     ),
+    prune: bool = typer.Option(
+        False,
+        help="Score the target first and the expert only where the target is above chance "
+        "and the majority rate (elsewhere no task can be selected).",
+    ),
     out: Path = typer.Option(None, help="Folder for screen.json and screen.md."),
     batch_size: int = typer.Option(16, min=1, help="Items scored per forward pass."),
 ) -> None:
@@ -168,6 +179,7 @@ def screen(
         norm=chosen,  # type: ignore[arg-type]
         min_gap=gap,
         max_prompt_chars=max_prompt_chars,
+        prune=prune,
         batch_size=batch_size,
     )
     report = result.to_json()

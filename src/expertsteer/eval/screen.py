@@ -111,6 +111,7 @@ class ScreenResult:
     seconds: float
     git_commit: str | None = None  # the library's, when the screen ran
     max_prompt_chars: int | None = MAX_PROMPT_CHARS
+    prune: bool = False  # the expert scored only where the target could be selected
 
     def ranked(self) -> list[ScreenRow]:
         """Largest gap first; rows without a gap last."""
@@ -203,6 +204,23 @@ def _score_model(
     return out
 
 
+PRUNED = (
+    "not scored: the target is not above chance and the majority rate here, so the task "
+    "cannot be selected (prune)"
+)
+
+
+def _rates(task: Task) -> tuple[float, float]:
+    """(chance, majority rate) of a task's items."""
+    chance = float(np.mean([1 / len(item.choices) for item in task.items]))
+    labels = task.labels()
+    return chance, max(map(labels.count, set(labels))) / len(labels)
+
+
+def _can_be_selected(task: Task, target: ModelScore | str) -> bool:
+    return isinstance(target, ModelScore) and target.score > max(_rates(task))
+
+
 def _row(
     spec: str,
     task: Task,
@@ -211,9 +229,7 @@ def _row(
     seed: int,
     n_long: int = 0,
 ) -> ScreenRow:
-    chance = float(np.mean([1 / len(item.choices) for item in task.items]))
-    labels = task.labels()
-    majority = max(map(labels.count, set(labels))) / len(labels)
+    chance, majority = _rates(task)
     scores = {r: s for r, s in got.items() if isinstance(s, ModelScore)}
     notes = {r: s for r, s in got.items() if isinstance(s, str)}
     if len(scores) < 2:
@@ -237,13 +253,19 @@ def run_screen(
     norm: Norm = "mean",
     min_gap: float = MIN_GAP,
     max_prompt_chars: int | None = MAX_PROMPT_CHARS,
+    prune: bool = False,
     batch_size: int = 16,
     progress: bool = True,
 ) -> ScreenResult:
     """Both models' zero-shot accuracy on each task spec (``bigbench:*``: every BIG-bench
     multiple-choice task), the gap and the selection (module docstring); a task that fails
     to load gets a row with its error. Each model is loaded once for all tasks and let go
-    before the next loads (lower peak memory)."""
+    before the next loads (lower peak memory).
+
+    ``prune``: the target first, and the expert only on the tasks where the target's accuracy
+    is above chance and the majority rate — elsewhere the task cannot be selected whatever the
+    expert scores (the rule needs the target's CI above both), and the expert's row says so.
+    A large expert is most of the screen's cost; a small target is near chance on most tasks."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
     if limit is not None and limit < 1:
@@ -259,14 +281,27 @@ def run_screen(
         raise ValueError("no task loaded: " + "; ".join(f"{s}: {e}" for s, e in loaded.items()))
     models: dict[str, dict[str, Any]] = {}
     got: dict[str, dict[str, ModelScore | str]] = {spec: {} for spec in ok}
-    for role, ref in (("expert", expert), ("target", target)):
+    order = (
+        (("target", target), ("expert", expert))
+        if prune
+        else (("expert", expert), ("target", target))
+    )
+    for role, ref in order:
+        todo = ok
+        if prune and role == "expert":
+            todo = {spec: t for spec, t in ok.items() if _can_be_selected(t, got[spec]["target"])}
+            for spec in ok.keys() - todo.keys():
+                got[spec]["expert"] = PRUNED
+            if not todo:  # nothing left for the expert: it is not even loaded
+                models[role] = {"name": ref if isinstance(ref, str) else ref.name, "note": None}
+                continue
         lm = ref if isinstance(ref, LoadedModel) else load_model(ref)
         note = None
         if lm.kind != "causal":
             note = f"cannot answer: {lm.name} is an encoder; scoring choices needs a causal LM"
-            per_task: dict[str, ModelScore | str] = dict.fromkeys(ok, note)
+            per_task: dict[str, ModelScore | str] = dict.fromkeys(todo, note)
         else:
-            per_task = _score_model(lm, ok, norm, batch_size, progress)
+            per_task = _score_model(lm, todo, norm, batch_size, progress)
         models[role] = {"name": lm.name, "note": note}
         for spec, s in per_task.items():
             got[spec][role] = s
@@ -280,5 +315,14 @@ def run_screen(
     ]
     seconds = round(time.perf_counter() - start, 1)
     return ScreenResult(
-        tuple(rows), models, norm, min_gap, limit, seed, seconds, git_commit(), max_prompt_chars
+        tuple(rows),
+        models,
+        norm,
+        min_gap,
+        limit,
+        seed,
+        seconds,
+        git_commit(),
+        max_prompt_chars,
+        prune,
     )
