@@ -24,7 +24,7 @@ from expertsteer import __version__
 from expertsteer.cli.screen import screen_markdown, write_screen
 from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
-from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, ScreenRow
+from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, PRUNED, ScreenRow
 from expertsteer.io import atomic_path
 from expertsteer.models import load_model
 from expertsteer.provenance import git_commit
@@ -62,10 +62,18 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
 
 
+def _scoring_failed(row: dict) -> bool:
+    return any(
+        note != PRUNED and "is an encoder" not in note for note in row.get("notes", {}).values()
+    )
+
+
 def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> list[dict]:
     """One screen row per spec at ``limit`` items, appended to ``path`` (JSON lines) as each
     task finishes, so an interrupted screen (or a new machine with the file) resumes."""
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    # A row where a model failed to score (a bug since fixed, e.g. an empty prompt) runs again.
+    rows = [r for r in rows if not _scoring_failed(r)]
     done = {r["task"] for r in rows}
     for spec in specs:
         if spec in done:

@@ -89,6 +89,18 @@ def test_option_logprobs_match_sequence_logprobs():
     assert np.allclose(np.concatenate(option_logprobs(lm, items, plan=plan, alpha=0.0)), got)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_an_empty_prompt_is_scored_after_the_start_token(shared):
+    lm = tiny_model("llama", seed=0, n_layers=3)
+    items = [Item("", ("The cat sat", "A dog ran"), 0), Item("abc:", ("x", "yz"), 1)]
+    got = np.concatenate(option_logprobs(lm, items, shared_prompt=shared))
+    bos = lm.tokenizer.bos_token
+    ref = sequence_logprobs(
+        lm, [bos, bos, "abc:", "abc:"], ["The cat sat", "A dog ran", " x", " yz"], reduce="sum"
+    )
+    assert np.allclose(got[:, 0], ref.numpy(), atol=1e-5)
+
+
 def _items(n: int = 12) -> list[Item]:
     words = ["ab", "cd e", "fgh", "i", "jk lm no", "p"]
     ends = ["", "\n", " "]  # prompts ending in whitespace: it is scored with the choice

@@ -77,6 +77,11 @@ def option_logprobs(
     """
     kw: dict = {"plan": plan, "alpha": alpha} if plan is not None else {}
     pairs = [[scored_pair(prefix + item.prompt, c) for c in item.choices] for item in items]
+    if any(not ctx.strip() for ps in pairs for ctx, _ in ps):
+        # An item with no prompt (BIG-bench's cause_and_effect): its choices are scored after
+        # the tokenizer's BOS (else EOS) token, as lm-eval scores an empty context.
+        start = _start_text(lm)
+        pairs = [[(ctx if ctx.strip() else start, t) for ctx, t in ps] for ps in pairs]
     if option_alphas is not None:
         if len(option_alphas) != len(items) or any(
             len(a) != len(item.choices) for a, item in zip(option_alphas, items)
@@ -112,6 +117,17 @@ def option_logprobs(
         out.append(flat[start : start + len(item.choices)])
         start += len(item.choices)
     return out
+
+
+def _start_text(lm: LoadedModel) -> str:
+    tok = lm.tokenizer
+    text = tok.bos_token or tok.eos_token
+    if not text:
+        raise ValueError(
+            f"an item has an empty prompt and {lm.name}'s tokenizer has no BOS or EOS token to "
+            "score its choices after; give every item a prompt"
+        )
+    return text
 
 
 SCORES_VERSION = 2  # bump when what an unsteered score means changes
