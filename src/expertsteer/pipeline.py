@@ -173,6 +173,8 @@ class ExpertSteer:
     - ``alpha_scale``: default α per layer as a fraction of its mean residual norm.
     - ``seed``: every seeded step (alignment texts and positions, and each aligner / estimator
       built from a name that takes a seed).
+    - ``chat_template``: read the contrast texts as one user turn of each model's chat template
+      (an encoder expert, which has none, reads them as written).
     - ``align_texts``: texts for the alignment maps, separate from the contrast data
       (default: the library's generic text set), read up to ``align_max_length`` tokens, at most
       ``max_align_positions`` shared positions per text (the cost is the forward passes).
@@ -283,12 +285,7 @@ class ExpertSteer:
         timings: dict[str, float] = {}
         texts = list(data.texts)
         align_texts = self._align_texts()
-        kw = dict(
-            position=self.position,
-            chat_template=self.chat_template,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
+        kw = dict(position=self.position, batch_size=self.batch_size, progress=self.progress)
 
         t0 = time.perf_counter()
         target_tok = (
@@ -310,7 +307,10 @@ class ExpertSteer:
                 max_length=self.align_max_length,
                 progress=self.progress,
             )
-            return _States(extract(lm, texts, **kw), align, ModelInfo.of(lm))
+            # An encoder has no chat template: it reads the contrast texts as written.
+            chat = self.chat_template and lm.kind != "encoder"
+            contrast = extract(lm, texts, chat_template=chat, **kw)
+            return _States(contrast, align, ModelInfo.of(lm))
 
         def expert_pass(lm: LoadedModel):
             _check_given(self.given_pairs, 0, lm, "expert")
