@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("plan",),
     ("steer",),
     ("tune", "gate", "condition", "pipeline", "export", "export_lmeval"),
-    ("serve", "eval"),
+    ("serve", "eval", "vllm_backend"),
     ("cli",),
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

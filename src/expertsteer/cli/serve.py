@@ -31,12 +31,31 @@ def serve(
     max_tokens: int = typer.Option(512, min=1, help="Largest max_tokens a request may ask for."),
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body accepted."),
     max_batch: int = typer.Option(8, min=1, help="Requests decoded together (1: one at a time)."),
+    engine: str = typer.Option(
+        "hf", help="hf (this package's server) or vllm (vLLM's OpenAI server, .venv-vllm)."
+    ),
+    vllm_arg: list[str] = typer.Option(
+        [],
+        help="With --engine vllm: flags for vLLM's server (repeatable), e.g. "
+        "--vllm-arg='--tensor-parallel-size 2' --vllm-arg='--default NAME'.",
+    ),
 ) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions).
 
     Expert-conditioned plans (folders holding probe.json) need --expert: per request, the expert
     reads the prompt (a chat's last user message) and the request's α becomes α·g(p)."""
     folders = args.named_plans(steer)
+    if engine not in ("hf", "vllm"):
+        raise typer.BadParameter(f"{engine!r} is not hf or vllm", param_hint="--engine")
+    if engine == "vllm":
+        from ..vllm_backend import serve_argv, serve_vllm
+
+        if host not in LOOPBACK and api_key is None:
+            errors.print(f"[yellow]warning:[/] listening on {host} without --api-key")
+        argv = serve_argv(target, folders, host, port, api_key, max_batch, vllm_arg)
+        console.print(f"serving {target} on vLLM with plans {sorted(folders) or 'none'}")
+        serve_vllm(argv)
+        return
 
     from ..condition import load_plan
     from ..models import load_model
