@@ -20,7 +20,6 @@ repeng ignore it: scale with ``--control-vector-scaled`` / ``coeff`` yourself).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .export_lmeval import export_lm_eval
+from .export_lmeval import baked_scale, export_lm_eval
 from .io import CorruptFileError, atomic_path, tensors_digest
 from .plan import ModelInfo, SteeringPlan
 from .registry import Registry
@@ -67,13 +66,7 @@ def export_gguf(
     """
     import gguf
 
-    if not bake_alpha and alpha is not None:
-        raise ValueError(
-            "alpha is only stored when it is baked in; drop alpha, or keep bake_alpha=True"
-        )
-    scale = 1.0 if alpha is None else float(alpha)
-    if not math.isfinite(scale):
-        raise ValueError(f"alpha must be a finite number, not {alpha!r}")
+    scale = baked_scale(alpha, bake_alpha)
     if 0 in plan.vectors:
         raise ValueError(
             "the plan steers block 0, which llama.cpp cannot steer (it rejects direction.0); "

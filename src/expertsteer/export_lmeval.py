@@ -45,6 +45,20 @@ from .plan import SteeringPlan
 SUFFIXES = (".pt", ".pth")  # lm-eval picks its reader by suffix (case-sensitive)
 
 
+def baked_scale(alpha: float | None, bake_alpha: bool) -> float:
+    """The global scale an export (lm-eval here, GGUF in :mod:`.export`) bakes in: 1 when
+    ``alpha`` is unset; ``alpha`` without ``bake_alpha`` is refused (an unbaked file stores the
+    unit vectors only)."""
+    if not bake_alpha and alpha is not None:
+        raise ValueError(
+            "alpha is only stored when it is baked in; drop alpha, or keep bake_alpha=True"
+        )
+    scale = 1.0 if alpha is None else float(alpha)
+    if not math.isfinite(scale):
+        raise ValueError(f"alpha must be a finite number, not {alpha!r}")
+    return scale
+
+
 def model_skeleton(name: str | os.PathLike) -> nn.Module:
     """The causal LM lm-eval's HFLM would load for ``name`` (a catalog name, model folder or
     hub id already cached), built from its config on the meta device: no weights are read."""
@@ -121,13 +135,7 @@ def export_lm_eval(
     path = Path(path)
     if path.suffix not in SUFFIXES:
         raise ValueError(f"lm-eval reads steering files ending in .pt or .pth, not {path.name!r}")
-    if not bake_alpha and alpha is not None:
-        raise ValueError(
-            "alpha is only stored when it is baked in; drop alpha, or keep bake_alpha=True"
-        )
-    scale = 1.0 if alpha is None else float(alpha)
-    if not math.isfinite(scale):
-        raise ValueError(f"alpha must be a finite number, not {alpha!r}")
+    scale = baked_scale(alpha, bake_alpha)
     if target is None:
         target = plan.target.name
     if isinstance(target, LoadedModel):

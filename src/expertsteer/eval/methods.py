@@ -270,6 +270,18 @@ def _transfers(name: str, pairings: Sequence[str]) -> list[str]:
     ]
 
 
+def _control_names(head: str, name: str, rest: str) -> tuple[list[str], list[str]]:
+    """``control[-cond]:<kind>:<variant>`` → its full names; with no variant, the control kinds
+    to expand for the listed variants (both when no kind is given)."""
+    kind, _, variant = rest.partition(":")
+    if kind and kind not in CONTROLS:
+        raise _unknown(name)
+    kinds = [kind] if kind else list(CONTROLS)
+    if variant:
+        return [resolve(f"{head}:{k}:{variant}").name for k in kinds], []
+    return [], kinds
+
+
 def parse_methods(
     spec: str | Sequence[str], pairings: Sequence[str] = DEFAULT_PAIRINGS
 ) -> list[str]:
@@ -290,26 +302,12 @@ def parse_methods(
         if head == "expertsteer-cond":
             variants = ["own", *(t.partition(":")[2] for t in _transfers("expertsteer", pairings))]
             out += [resolve(f"{head}:{v}").name for v in ([rest] if rest else variants)]
-        elif head == "control-cond":
-            kind, _, variant = rest.partition(":")
-            if kind and kind not in CONTROLS:
-                raise _unknown(name)
-            if variant:
-                kinds = [kind] if kind else list(CONTROLS)
-                out += [resolve(f"control-cond:{k}:{variant}").name for k in kinds]
-            else:
-                cond_controls += [kind] if kind else list(CONTROLS)
+        elif head in ("control", "control-cond"):
+            named, kinds = _control_names(head, name, rest)
+            out += named
+            (controls if head == "control" else cond_controls).extend(kinds)
         elif head == "expertsteer":
             out += _transfers(name, pairings)
-        elif head == "control":
-            kind, _, variant = rest.partition(":")
-            if kind and kind not in CONTROLS:
-                raise _unknown(name)
-            if variant:
-                kinds = [kind] if kind else list(CONTROLS)
-                out += [resolve(f"control:{k}:{variant}").name for k in kinds]
-            else:
-                controls += [kind] if kind else list(CONTROLS)
         else:
             out.append(resolve(name).name)
     if controls:
