@@ -26,6 +26,10 @@ fi
 if [ "${EXPERTSTEER_BIGBENCH:-1}" = 1 ]; then
   # BIG-bench 1.0.0 task files are read straight from its sdist (never installed, never committed).
   # Fetched from PyPI's index with a sha256 check: `pip download` refuses this sdist.
-  .venv/bin/python -c "import expertsteer.data as d; print(d.download_bigbench())" >/dev/null
+  # Optional: without it the BIG-bench tests skip and bigbench:* specs say how to get it.
+  .venv/bin/python -c 'import sys, expertsteer.data as d
+try: d.download_bigbench()
+except (d.DataSpecError, OSError) as err: sys.exit(f"BIG-bench: {err}")' \
+    || echo "setup: continuing without BIG-bench: its tests skip, bigbench:* specs unavailable" >&2
 fi
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"

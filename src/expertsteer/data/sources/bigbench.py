@@ -78,7 +78,11 @@ def download_bigbench(dest: str | Path | None = None) -> Path:
         files = json.load(r)["files"]
     entry = next((f for f in files if f["filename"] == out.name), None)
     if entry is None:
-        raise DataSpecError(f"{index} lists no {out.name}")
+        listed = ", ".join(f["filename"] for f in files) or "nothing"
+        raise DataSpecError(
+            f"{index} lists no {out.name} (it lists {listed}); put a copy of that sdist at "
+            f"{out} and retry"
+        )
     digest = hashlib.sha256()
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, urllib.request.urlopen(entry["url"], timeout=120) as r:
