@@ -31,6 +31,17 @@ def test_cli_eval_on_saved_tiny_model(tmp_path):
     assert bad.exit_code != 0 and "unknown method 'magic'" in bad.output
 
 
+def test_max_prompt_chars_reaches_the_eval(tmp_path):
+    lm = tiny_model("llama", seed=4, n_layers=4)
+    save_model(lm, tmp_path / "target")
+    spec = write_task(tmp_path / "task.jsonl")
+    argv = ["eval", "--target", str(tmp_path / "target"), "--task", spec, "--report", "r"]
+    result = CliRunner().invoke(app, [*argv, "--max-prompt-chars", "3"])
+    assert result.exit_code == 1 and "is longer than 3 characters" in flat(result)
+    result = CliRunner().invoke(app, [*argv, "--max-prompt-chars", "0"])
+    assert result.exit_code == 2 and "--max-prompt-chars" in flat(result)
+
+
 def test_unknown_eval_task():
     """The CLI part of test_reliability.py::test_unknown_eval_task."""
     result = CliRunner().invoke(

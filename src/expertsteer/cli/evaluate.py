@@ -103,6 +103,12 @@ def eval_(
         help="Run each prompt once and score its choices on its KV cache (the same scores as "
         "running every prompt + choice whole, which --no-shared-prompt does).",
     ),
+    max_prompt_chars: int = typer.Option(
+        None,
+        min=1,
+        help="Leave out items whose prompt + longest choice is longer (characters), as "
+        "`expertsteer screen` does (default: keep every item).",
+    ),
 ) -> None:
     """Compare the target alone, the label prior, prompting, the expert, target-only steering,
     ExpertSteer (each aligner and pairing, with ranked nulls) and its controls on one task's
@@ -126,6 +132,7 @@ def eval_(
         n_nulls=nulls,
         generation=generation,
         shared_prompt=shared_prompt,
+        max_prompt_chars=max_prompt_chars,
     )
     config.check()  # every setting, before any model is loaded
     result = run_eval(config)
