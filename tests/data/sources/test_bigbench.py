@@ -190,6 +190,9 @@ def test_prompt_flag_and_answer_follow_bigbench():
     assert append_answer("Q: x\nA: ", "4") == "Q: x\nA: 4"
     assert append_answer("Q: x\nA:", "4") == "Q: x\nA: 4"
     assert append_answer("", "4") == "4"
+    # a choice with its own leading space (eval tasks' choices) gets no second one
+    assert append_answer("Tweet: hi\nSentiment:", " positive") == "Tweet: hi\nSentiment: positive"
+    assert append_answer("A: ", " 4") == "A:  4"  # both sides' whitespace is the text's own
 
 
 def test_leaves_and_pairs_of_a_toy_tree(tmp_path, monkeypatch):

@@ -206,10 +206,11 @@ def bigbench_prompt(task: dict, text: str, choices: Iterable[str]) -> str:
 
 
 def append_answer(prompt: str, answer: str) -> str:
-    """BIG-bench prompt + answer, with a space unless the prompt already ends in whitespace."""
-    if not prompt:
-        return answer
-    return prompt + answer if prompt[-1].isspace() else f"{prompt} {answer}"
+    """Prompt + answer, with a space unless one side already has the whitespace (an eval
+    task's choices carry their own leading space: ``"Sentiment:" + " positive"``)."""
+    if not prompt or prompt[-1].isspace() or answer[:1].isspace():
+        return prompt + answer
+    return f"{prompt} {answer}"
 
 
 def _bigbench_pair(task: dict, example: Any, rng: random.Random) -> tuple[str, str, str] | None:
