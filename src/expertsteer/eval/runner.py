@@ -26,6 +26,7 @@ from ..pipeline import ExpertSteer, fit_target_only
 from ..plan import SteeringPlan
 from ..provenance import git_commit
 from ..tune import tune
+from .checkpoint import CONCEPT, RowStore, fingerprint
 from .concept import concept_report, concept_spans
 from .conditioned import (
     ConditionedScorer,
@@ -63,6 +64,7 @@ class EvalConfig:
     layer_counts: Sequence[int] = (1, 4)
     n_pairs: int = 4
     n_nulls: int = 20
+    concept: bool = True  # also measure concept transfer where the task names a concept
     concept_alpha: float = 1.0
     concept_items: int | None = None  # score concept transfer on the first N test items only
     generation: bool = False  # also score greedy answers by alias match (test only)
@@ -70,6 +72,7 @@ class EvalConfig:
     align_texts: int = 192  # generic alignment texts per ExpertSteer fit
     shared_prompt: bool = True  # each prompt once, its choices on its KV cache (same scores)
     max_prompt_chars: int | None = None  # leave out longer items (as the screen does)
+    checkpoint: str | None = None  # folder of finished rows per seed and method (resumable)
 
     def method_names(self) -> list[str]:
         """The full method names compared (those needing an expert dropped when there is none)."""
@@ -271,6 +274,11 @@ def _run_seed(
     )
     step = on_step or (lambda _: None)
     shared = config.shared_prompt
+    store = (
+        RowStore(config.checkpoint, seed, fingerprint(config, seed, (train, val, test)))
+        if config.checkpoint
+        else None
+    )
 
     def scorers(lm: LoadedModel) -> tuple[Scorer, Scorer]:
         bar = (lambda split: f"{lm.name} {split}") if progress else (lambda split: False)
@@ -412,6 +420,19 @@ def _run_seed(
         t0 = time.perf_counter()
         method = resolve(name)
         row: dict[str, Any] | None = {"name": name, "kind": method.kind}
+        kept = store.load(name) if store is not None else None
+        if kept is not None:
+            row, sweep, plan = kept
+            if sweep is not None:
+                sweeps[name] = sweep
+            if plan is not None:
+                plans[name] = plan
+            if isinstance(plan, ConditionedPlan) and method.control is None:
+                readers[name] = target if name == "self-cond" else expert
+            rows.append(row)
+            step(name)
+            _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f} (checkpoint)")
+            continue
         if name == "none":
             row["correct"] = test_s.correct()
         elif name == "majority":
@@ -449,6 +470,8 @@ def _run_seed(
             _log(progress, f"{name}: skipped")
             continue
         row["seconds"] = round(time.perf_counter() - t0, 1)
+        if store is not None:
+            store.save(name, row, sweeps.get(name), plans.get(name))
         rows.append(row)
         step(name)
         _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f}")
@@ -457,18 +480,25 @@ def _run_seed(
         _generation(rows, plans, readers, target, test, config) if config.generation else {}
     )
     concept = None
-    if expert is not None and task.concept_name is not None:
+    if config.concept and expert is not None and task.concept_name is not None:
         _log(progress, f"concept transfer ({task.concept_name}), seed {seed}")
         head = (
             test
             if config.concept_items is None
             else test.subset(range(min(config.concept_items, len(test))))
         )
-        concept = concept_spans(
-            task, train, head, target, expert, norm=models["target"]["norm"],
-            alpha=config.concept_alpha, n_nulls=config.n_nulls, seed=seed, pipeline=pipeline,
-            shared_prompt=shared, progress=progress,
-        )  # fmt: skip
+        kept = store.load(CONCEPT) if store is not None else None
+        if kept is not None:
+            concept = kept[0]
+            concept.pop("checkpoint_commit", None)
+        else:
+            concept = concept_spans(
+                task, train, head, target, expert, norm=models["target"]["norm"],
+                alpha=config.concept_alpha, n_nulls=config.n_nulls, seed=seed, pipeline=pipeline,
+                shared_prompt=shared, progress=progress,
+            )  # fmt: skip
+            if store is not None and concept is not None:
+                store.save(CONCEPT, concept)
     return {
         "seed": seed,
         "rows": rows,

@@ -7,8 +7,10 @@ Wilson 95% intervals; the gap's is a paired bootstrap over the items, the same f
 models. *Chance* is the mean of 1 / (number of choices) over the items, the *majority rate*
 the share of the commonest label (:meth:`Task.label`: a constant answer scores it). A task is
 *selected* when the gap (expert - target) is at least ``min_gap`` and the target's CI lower
-bound exceeds both. ``limit`` keeps N items of a seeded shuffle (in task order), the same for
-both models; unlike eval's splits they are not label-balanced. Items whose prompt + longest
+bound exceeds both. The items are drawn as eval draws its splits (:meth:`Task.stratified`):
+stratified by label and, for binary tasks, label-balanced by default (``balance``), so a task is
+judged on the kind of data its evaluation runs on; ``limit`` keeps N of them (seeded, in task
+order), the same for both models. Items whose prompt + longest
 choice pass ``max_prompt_chars`` characters are left out first (``n_long`` counts them): a
 few BIG-bench tasks hold passages of thousands of tokens, minutes per item for a 1.5B model
 on 2 CPU cores (attention grows with the square of the length).
@@ -17,7 +19,6 @@ on 2 CPU cores (attention grows with the square of the length).
 from __future__ import annotations
 
 import gc
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class ScreenResult:
     git_commit: str | None = None  # the library's, when the screen ran
     max_prompt_chars: int | None = MAX_PROMPT_CHARS
     prune: bool = False  # the expert scored only where the target could be selected
+    balance: bool | None = None  # label-balanced items (None: binary tasks only)
 
     def ranked(self) -> list[ScreenRow]:
         """Largest gap first; rows without a gap last."""
@@ -140,12 +142,6 @@ def is_selected(gap: float, target_low: float, chance: float, min_gap: float = M
     return gap >= min_gap - 1e-9 and target_low > chance
 
 
-def _subset(task: Task, limit: int | None, seed: int) -> Task:
-    if limit is None or limit >= len(task):
-        return task
-    return task.subset(sorted(random.Random(seed).sample(range(len(task)), limit)))
-
-
 def _short(task: Task, max_chars: int | None) -> tuple[Task | str, int]:
     """The task without its items longer than ``max_chars`` (or why none is left), and how
     many were left out."""
@@ -159,7 +155,11 @@ def _short(task: Task, max_chars: int | None) -> tuple[Task | str, int]:
 
 
 def _load_tasks(
-    specs: Sequence[str], limit: int | None, seed: int, max_chars: int | None = None
+    specs: Sequence[str],
+    limit: int | None,
+    seed: int,
+    max_chars: int | None = None,
+    balance: bool | None = None,
 ) -> tuple[dict[str, Task | str], dict[str, int]]:
     """Spec -> its (short, limited) task or its error; ``bigbench:*`` expanded; and per spec
     the number of items too long to screen."""
@@ -177,7 +177,11 @@ def _load_tasks(
             if name not in out:
                 try:
                     task, long[name] = _short(load_task(name, seed=seed), max_chars)
-                    out[name] = task if isinstance(task, str) else _subset(task, limit, seed)
+                    out[name] = (
+                        task
+                        if isinstance(task, str)
+                        else task.stratified(limit, seed=seed, balance=balance)
+                    )
                 except (ValueError, OSError) as exc:
                     out[name] = str(exc)
     return out, long
@@ -254,6 +258,7 @@ def run_screen(
     min_gap: float = MIN_GAP,
     max_prompt_chars: int | None = MAX_PROMPT_CHARS,
     prune: bool = False,
+    balance: bool | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> ScreenResult:
@@ -265,7 +270,9 @@ def run_screen(
     ``prune``: the target first, and the expert only on the tasks where the target's accuracy
     is above chance and the majority rate — elsewhere the task cannot be selected whatever the
     expert scores (the rule needs the target's CI above both), and the expert's row says so.
-    A large expert is most of the screen's cost; a small target is near chance on most tasks."""
+    A large expert is most of the screen's cost; a small target is near chance on most tasks.
+
+    ``balance``: label-balanced items (default: for binary tasks, as eval's splits)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
     if limit is not None and limit < 1:
@@ -275,7 +282,7 @@ def run_screen(
     start = time.perf_counter()
     if max_prompt_chars is not None and max_prompt_chars < 1:
         raise ValueError(f"max_prompt_chars must be >= 1 or None, not {max_prompt_chars}")
-    loaded, long = _load_tasks(tasks, limit, seed, max_prompt_chars)
+    loaded, long = _load_tasks(tasks, limit, seed, max_prompt_chars, balance)
     ok = {spec: t for spec, t in loaded.items() if isinstance(t, Task)}
     if not ok:
         raise ValueError("no task loaded: " + "; ".join(f"{s}: {e}" for s, e in loaded.items()))
@@ -325,4 +332,5 @@ def run_screen(
         git_commit(),
         max_prompt_chars,
         prune,
+        balance,
     )

@@ -149,9 +149,7 @@ class Task:
         scores chance. ``limit`` keeps a stratified, seeded subset of that pool.
         """
         balance = self.binary if balance is None else balance
-        order = _stratified_order(self.labels(), random.Random(seed), balance)
-        if limit is not None:
-            order = order[:limit]
+        order = self._order(seed, limit, balance)
         n = len(order)
         n_train, n_val = round(SPLIT[0] * n), round(SPLIT[1] * n)
         parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
@@ -162,6 +160,18 @@ class Task:
                 "--limit)"
             )
         return tuple(self.subset(sorted(p)) for p in parts)  # type: ignore[return-value]
+
+    def stratified(
+        self, limit: int | None = None, *, seed: int = 0, balance: bool | None = None
+    ) -> Task:
+        """``limit`` items (all: ``None``) of the seeded, label-stratified order :meth:`split`
+        cuts, in task order; ``balance`` (default: when :attr:`binary`) as in :meth:`split`."""
+        balance = self.binary if balance is None else balance
+        return self.subset(sorted(self._order(seed, limit, balance)))
+
+    def _order(self, seed: int, limit: int | None, balance: bool) -> list[int]:
+        order = _stratified_order(self.labels(), random.Random(seed), balance)
+        return order if limit is None else order[:limit]
 
     def contrast(self, *, seed: int = 0) -> Dataset:
         """Contrast pairs from these items: prompt + answer (1) vs prompt + a wrong choice (0)."""
