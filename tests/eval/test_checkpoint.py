@@ -9,7 +9,7 @@ import pytest
 
 import expertsteer.eval.runner as runner_mod
 from expertsteer.eval import EvalConfig, run_eval
-from expertsteer.eval.checkpoint import RowStore, _decode, _encode
+from expertsteer.eval.checkpoint import RowStore, _decode, _encode, finished_rows
 from tiny import tiny_model, write_task
 
 FAST = dict(n_nulls=2, align_texts=40, alphas=(1.0, 4.0), layer_counts=(1, 2), n_pairs=2)
@@ -120,3 +120,8 @@ def test_a_row_without_its_plan_is_not_used(tmp_path):
     (tmp_path / "seed0" / "m.json").write_text(json.dumps(body))
     assert store.load("m") is None
     assert RowStore(tmp_path, 0, {"k": 2}).load("m") is None  # other key
+    RowStore(tmp_path, 0, {"k": 2}).save("n", {"name": "n", "correct": np.zeros(2)})
+    (tmp_path / "seed0" / "x.json").write_text("{damaged")
+    rows = finished_rows(tmp_path, 0)  # progress: every row, whatever its key
+    assert [r["name"] for r in rows] == ["m", "n"] and rows[1]["correct"].tolist() == [0.0, 0.0]
+    assert finished_rows(tmp_path, 1) == []

@@ -27,7 +27,7 @@ from ..plan import SteeringPlan
 from ..provenance import git_commit
 from .tasks import Task
 
-__all__ = ["RowStore", "fingerprint"]
+__all__ = ["RowStore", "finished_rows", "fingerprint"]
 
 CONCEPT = "_concept"
 _ARRAY = "__ndarray__"
@@ -142,3 +142,18 @@ class RowStore:
         }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(body), encoding="utf-8")
+
+
+def finished_rows(root: str | Path, seed: int) -> list[dict[str, Any]]:
+    """Every method row kept for ``seed`` under ``root``, whatever its settings (for progress
+    reports), each with ``checkpoint_commit``; damaged files are skipped."""
+    rows = []
+    for path in sorted((Path(root) / f"seed{seed}").glob("*.json")):
+        if path.stem == CONCEPT:
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        rows.append(_decode(saved["row"]) | {"checkpoint_commit": saved.get("git_commit")})
+    return rows
