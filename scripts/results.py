@@ -73,10 +73,14 @@ def _scoring_failed(row: dict) -> bool:
     )
 
 
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def _screen_rows(expert, target, specs: list[str], limit: int, path: Path) -> list[dict]:
     """One screen row per spec at ``limit`` items, appended to ``path`` (JSON lines) as each
     task finishes, so an interrupted screen (or a new machine with the file) resumes."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = _read_rows(path)
     # A row where a model failed to score (a bug since fixed, e.g. an empty prompt) runs again.
     rows = [r for r in rows if not _scoring_failed(r)]
     done = {r["task"] for r in rows}
@@ -100,10 +104,6 @@ def _bigbench_specs() -> tuple[list[str], str | None]:
         return [f"bigbench:{t}" for t in bigbench_mc_tasks()], None
     except DataSpecError as exc:
         return [], str(exc)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def screen(force: bool, experts: tuple[str, ...]) -> None:
@@ -196,7 +196,7 @@ def _partial_screen(expert: str) -> list[str]:
     path = OUT / "screen" / _slug(expert) / "stage1.jsonl"
     if not path.is_file():
         return [f"`{expert}`: not screened yet.", ""]
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = _read_rows(path)
     rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0.0)))
     bigbench, _ = _bigbench_specs()
     n_tasks = f"{len(bigbench) + len(SCREEN_TASKS) - 1}" if bigbench else "? (BIG-bench missing)"

@@ -176,6 +176,19 @@ def n_hooks(lm) -> int:
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
 
+def sentiment_items(n: int = 40) -> tuple:
+    """``n`` tweet items over the toy vocabulary, ` positive` (the concept choice) vs
+    ` negative`, answered by the word's side (tests/eval: concept transfer)."""
+    from expertsteer.eval.tasks import Item
+
+    words = POS + NEG
+    return tuple(
+        Item(f"Tweet {k}: {words[k % len(words)]}\nSentiment:", (" positive", " negative"),
+             int(words[k % len(words)] in NEG), concept=0)
+        for k in range(n)
+    )  # fmt: skip
+
+
 def write_task(path, n: int = 48, seed: int = 0) -> str:
     """A two-choice JSONL evaluation task of ``n`` items (tests/eval and tests/cli)."""
     rng = random.Random(seed)

@@ -8,9 +8,9 @@ from expertsteer.eval.methods import random_plan
 from expertsteer.eval.scorer import Scorer
 from expertsteer.eval.scoring import concept_margin
 from expertsteer.eval.stats import rank_p
-from expertsteer.eval.tasks import Item, Task
+from expertsteer.eval.tasks import Task
 from expertsteer.pipeline import fit_target_only
-from tiny import NEG, POS, align_texts, tiny_model
+from tiny import align_texts, sentiment_items, tiny_model
 
 
 def _seed(spans: dict, nulls: list[float]) -> dict:
@@ -43,12 +43,7 @@ def test_concept_spans_on_tiny_models(tmp_path, monkeypatch):
         tiny_model("qwen2", seed=1, d=48, n_layers=5),
         tiny_model("llama", seed=2, n_layers=4),
     )
-    words = POS + NEG
-    items = tuple(
-        Item(f"Tweet {k}: {words[k % len(words)]}\nSentiment:", (" positive", " negative"),
-             int(words[k % len(words)] in NEG), concept=0)
-        for k in range(40)
-    )  # fmt: skip
+    items = sentiment_items(40)
     task = Task("toy", items, "", concept_name="positive")
     train, _, test = task.split(seed=0)
     pipeline = {"n_pairs": 2, "align_texts": align_texts(), "batch_size": 8}

@@ -246,17 +246,12 @@ def _correct(report: dict, name: str) -> np.ndarray:
 
 def test_concept_transfer_runs_only_when_asked(tmp_path, monkeypatch):
     import expertsteer.eval.runner as runner_mod
-    from expertsteer.eval.tasks import Item, Task
-    from tiny import NEG, POS
+    from expertsteer.eval.tasks import Task
+    from tiny import sentiment_items
 
     expert = tiny_model("qwen2", seed=1, d=48, n_layers=5)
     target = tiny_model("llama", seed=2, n_layers=4)
-    words = POS + NEG
-    items = tuple(
-        Item(f"Tweet {k}: {words[k % len(words)]}\nSentiment:", (" positive", " negative"),
-             int(words[k % len(words)] in NEG), concept=0)
-        for k in range(40)
-    )  # fmt: skip
+    items = sentiment_items(40)
     monkeypatch.setattr(runner_mod, "load_task", lambda spec: Task(spec, items, "", "positive"))
     calls = []
     monkeypatch.setattr(runner_mod, "concept_spans", lambda *a, **k: calls.append(1))

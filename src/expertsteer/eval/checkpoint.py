@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..condition import ConditionedPlan
-from ..io import atomic_path
+from ..io import write_json
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from ..provenance import git_commit
@@ -86,6 +86,16 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _read(path: Path) -> dict[str, Any] | None:
+    """A checkpoint file's body; None when it is missing or damaged (then it is recomputed, as
+    the states cache does)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return saved if isinstance(saved, dict) and "row" in saved else None
+
+
 class RowStore:
     """One seed's folder of finished rows (see the module docstring)."""
 
@@ -99,13 +109,8 @@ class RowStore:
     def load(self, name: str) -> tuple[dict, Any, SteeringPlan | ConditionedPlan | None] | None:
         """``(row, sweep, plan)`` kept for ``name`` under these settings, else ``None``."""
         path = self._path(name)
-        if not path.is_file():
-            return None
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None  # a damaged file is recomputed, as the states cache does
-        if not isinstance(saved, dict) or saved.get("key") != self.key:
+        saved = _read(path)
+        if saved is None or saved.get("key") != self.key:
             return None
         plan = None
         if saved.get("plan"):
@@ -140,8 +145,7 @@ class RowStore:
             "sweep": _encode(sweep),
             "plan": kind,
         }
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(body), encoding="utf-8")
+        write_json(path, body)  # last and atomic: a row on disk always has its plan
 
 
 def finished_rows(root: str | Path, seed: int) -> list[dict[str, Any]]:
@@ -149,11 +153,7 @@ def finished_rows(root: str | Path, seed: int) -> list[dict[str, Any]]:
     reports), each with ``checkpoint_commit``; damaged files are skipped."""
     rows = []
     for path in sorted((Path(root) / f"seed{seed}").glob("*.json")):
-        if path.stem == CONCEPT:
-            continue
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        rows.append(_decode(saved["row"]) | {"checkpoint_commit": saved.get("git_commit")})
+        saved = _read(path)
+        if path.stem != CONCEPT and saved is not None:
+            rows.append(_decode(saved["row"]) | {"checkpoint_commit": saved.get("git_commit")})
     return rows
