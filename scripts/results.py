@@ -29,6 +29,7 @@ from expertsteer.data.sources.bigbench import bigbench_mc_tasks
 from expertsteer.eval import EvalConfig, markdown_table, run_eval, run_screen, write_report
 from expertsteer.eval.checkpoint import finished_rows
 from expertsteer.eval.screen import BIGBENCH_ALL, MAX_PROMPT_CHARS, PRUNED, ScreenRow
+from expertsteer.eval.summary import TRANSFERRED
 from expertsteer.io import atomic_path
 from expertsteer.models import load_model
 from expertsteer.provenance import git_commit
@@ -54,7 +55,10 @@ METHODS = (
     "control:random-expert:ae:lowest,control:target-as-expert:ae:lowest,"
     # issue 17: the expert's per-input judgement, its baselines and its control
     "expertsteer-cond:own,expertsteer-cond:ridge:depth,self-cond,expert-probe,ensemble,"
-    "control-cond:random-expert:own"
+    "control-cond:random-expert:own,"
+    # issue 17's fallback: a per-input delta trained through the target, and its controls
+    "expertsteer-trained:ridge:depth,control-trained:random-expert:ridge:depth,"
+    "control-trained:target-as-expert:ridge:depth"
 )
 SEEDS = (0, 1, 2)
 ALPHAS = (0.0, 1.0, 2.0, 4.0)
@@ -305,7 +309,7 @@ def write() -> None:
         report = json.loads(path.read_text())
         lines += [f"Command: `{_command(report)}`", "", markdown_table(report), ""]
         for m in report["methods"]:
-            if m["kind"] == "transfer":
+            if m["kind"] in TRANSFERRED:
                 verdicts.append((report["task"], report["expert"], m["name"], m["verdict"]))
     if verdicts:
         helps = [v for v in verdicts if v[3].startswith("the expert helps")]

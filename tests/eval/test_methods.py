@@ -33,9 +33,11 @@ TARGET_ONLY_NOW = {
 UNKNOWN_TAIL = (
     ": use none, majority, prompt, expert, mean-diff, pca, logistic, self-rfm, expertsteer, "
     "control, expertsteer-cond, self-cond, expert-probe, ensemble, control-cond, "
+    "expertsteer-trained, control-trained, "
     "expertsteer:<ae|paired-ae|procrustes|ridge>[:<lowest|highest|monotone|depth>], "
     "control:<random-expert|target-as-expert>:<aligner>:<pairing>, expertsteer-cond:own, "
-    "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>"
+    "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>, "
+    "expertsteer-trained:<aligner>:<pairing>, control-trained:<control>:<aligner>:<pairing>"
 )
 
 
@@ -47,6 +49,7 @@ def test_registry_is_derived_from_the_other_registries():
     assert list(METHODS) == [
         "none", "majority", "prompt", "expert", *TARGET_METHODS, "expertsteer", "control",
         "expertsteer-cond", "self-cond", "expert-probe", "ensemble", "control-cond",
+        "expertsteer-trained", "control-trained",
     ]  # fmt: skip
     assert EVAL_PAIRINGS == tuple(p for p in PAIRINGS if p != "given")
     assert list(ALIGNERS) == ALIGNERS_NOW  # the (alphabetical) order "expertsteer" expands in
@@ -70,6 +73,8 @@ def test_registry_contents_pinned():
         "expert-probe",
         "ensemble",
         "control-cond",
+        "expertsteer-trained",
+        "control-trained",
     ]
     assert CONTROLS == {
         "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
@@ -99,7 +104,9 @@ def test_methods_help():
         "[:<lowest|highest|monotone|depth>], control[:<random-expert|target-as-expert>"
         "[:<aligner>:<pairing>]] (controls for the expertsteer variants listed), "
         "expertsteer-cond[:own|:<aligner>:<pairing>], "
-        "control-cond[:<control>[:own|:<aligner>:<pairing>]], or all (every "
+        "control-cond[:<control>[:own|:<aligner>:<pairing>]], "
+        "expertsteer-trained[:<aligner>:<pairing>], "
+        "control-trained[:<control>[:<aligner>:<pairing>]], or all (every "
         "method with both controls)."
     )
 
@@ -254,10 +261,12 @@ def test_parse_all():
         "self-cond",
         "expert-probe",
         "ensemble",
+        "expertsteer-trained:ridge:depth",  # one trained variant: each is a training run
         *(f"control:{c}:{v}" for v in transfers for c in both),
         # target-as-expert:own is self-cond, not repeated
         "control-cond:random-expert:own",
         *(f"control-cond:{c}:{v}" for v in transfers for c in both),
+        *(f"control-trained:{c}:ridge:depth" for c in both),
     ]
     assert parse_methods(["all"]) == everything
     assert parse_methods(" all ", pairings=("lowest",))[8:12] == [

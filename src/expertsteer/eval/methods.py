@@ -38,7 +38,9 @@ __all__ = [
     "resolve",
 ]
 
-Kind = Literal["baseline", "target-only", "transfer", "conditioned", "expert-only", "control"]
+Kind = Literal[
+    "baseline", "target-only", "transfer", "conditioned", "trained", "expert-only", "control"
+]
 # The stand-in experts of the controls, by name.
 CONTROLS: dict[str, str] = {
     "random-expert": "the expert's architecture with re-initialised weights (knows nothing)",
@@ -57,6 +59,7 @@ class Method:
     pairing: str | None = None
     control: str | None = None  # control: the stand-in expert (a key of CONTROLS)
     conditioned: bool = False  # α per input from the expert's probe (expertsteer-cond, ...)
+    trained: bool = False  # a per-input delta trained through the target (expertsteer-trained)
 
     @property
     def variant(self) -> str | None:
@@ -71,7 +74,8 @@ class Method:
         """The method a control stands in for (same variant, the real expert)."""
         if self.kind != "control":
             return None
-        return f"expertsteer{'-cond' if self.conditioned else ''}:{self.variant}"
+        suffix = "-cond" if self.conditioned else "-trained" if self.trained else ""
+        return f"expertsteer{suffix}:{self.variant}"
 
 
 # Method name -> the estimator fitted on the target's own states (one per estimator).
@@ -79,6 +83,8 @@ TARGET_ONLY: dict[str, str] = dict(TARGET_METHODS)
 # "given" needs explicit layer pairs, which a method name cannot carry.
 EVAL_PAIRINGS: tuple[str, ...] = tuple(p for p in PAIRINGS if p != "given")
 DEFAULT_PAIRINGS = ("depth", "lowest")
+# One trained variant by default (each is a training run): the best measured static transfer's.
+DEFAULT_TRAINED = "ridge:depth"
 
 METHODS: Registry[Method] = Registry("method")
 METHODS.register("none", partial(Method, "none", "baseline"), "the target alone")
@@ -183,6 +189,44 @@ METHODS.register(
 )
 
 
+def _trained(aligner: str, pairing: str) -> Method:
+    return Method(
+        f"expertsteer-trained:{aligner}:{pairing}",
+        "trained",
+        aligner=aligner,
+        pairing=pairing,
+        trained=True,
+    )
+
+
+METHODS.register(
+    "expertsteer-trained",
+    _trained,
+    "expertsteer-trained[:<aligner>:<pairing>] — a low-rank map from the expert's reading of "
+    "the prompt to a per-input delta, trained through the frozen target (expertsteer.learned)",
+)
+
+
+def _control_trained(control: str, aligner: str, pairing: str) -> Method:
+    return Method(
+        f"control-trained:{control}:{aligner}:{pairing}",
+        "control",
+        aligner=aligner,
+        pairing=pairing,
+        control=control,
+        trained=True,
+    )
+
+
+METHODS.register(
+    "control-trained",
+    _control_trained,
+    "control-trained[:<control>[:<aligner>:<pairing>]] — the expertsteer-trained variants "
+    "listed with a stand-in expert (target-as-expert: a low-rank adapter on the target's own "
+    "reading)",
+)
+
+
 def methods_help() -> str:
     """The comma-list forms ``--methods`` accepts, from the registries."""
     plain = ",".join(n for n in METHODS if n not in FAMILIES)
@@ -191,13 +235,17 @@ def methods_help() -> str:
         f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
         f"control[:<{'|'.join(CONTROLS)}>[:<aligner>:<pairing>]] (controls for the expertsteer "
         "variants listed), expertsteer-cond[:own|:<aligner>:<pairing>], "
-        "control-cond[:<control>[:own|:<aligner>:<pairing>]], or all (every method with both "
-        "controls)."
+        "control-cond[:<control>[:own|:<aligner>:<pairing>]], expertsteer-trained[:<aligner>:"
+        "<pairing>], control-trained[:<control>[:<aligner>:<pairing>]], or all (every method "
+        "with both controls)."
     )
 
 
 # Names that stand for a family of variants (expanded by parse_methods).
-FAMILIES = ("expertsteer", "control", "expertsteer-cond", "control-cond")
+FAMILIES = (
+    "expertsteer", "control", "expertsteer-cond", "control-cond", "expertsteer-trained",
+    "control-trained",
+)  # fmt: skip
 
 
 def _unknown(name: str) -> DataSpecError:
@@ -205,7 +253,8 @@ def _unknown(name: str) -> DataSpecError:
         f"unknown method {name!r}: use {METHODS.choices()}, "
         f"expertsteer:<{'|'.join(ALIGNERS)}>[:<{'|'.join(EVAL_PAIRINGS)}>], "
         f"control:<{'|'.join(CONTROLS)}>:<aligner>:<pairing>, expertsteer-cond:own, "
-        "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>"
+        "expertsteer-cond:<aligner>:<pairing>, control-cond:<control>:own|<aligner>:<pairing>, "
+        "expertsteer-trained:<aligner>:<pairing>, control-trained:<control>:<aligner>:<pairing>"
     )
 
 
@@ -231,6 +280,16 @@ def resolve(name: str) -> Method:
         if control is None:
             return METHODS.make("expertsteer-cond", **parts)
         return METHODS.make("control-cond", control=control, **parts)
+    if head in ("expertsteer-trained", "control-trained"):
+        control = None
+        if head == "control-trained":
+            control, _, rest = rest.partition(":")
+            if control not in CONTROLS:
+                raise _unknown(name)
+        t = resolve(f"expertsteer:{rest}")
+        if control is None:
+            return METHODS.make(head, aligner=t.aligner, pairing=t.pairing)
+        return METHODS.make(head, control=control, aligner=t.aligner, pairing=t.pairing)
     if head == "control":
         control, _, rest = rest.partition(":")
         if control not in CONTROLS:
@@ -297,15 +356,20 @@ def parse_methods(
     out: list[str] = []
     controls: list[str] = []  # control kinds for the listed variants, expanded at the end
     cond_controls: list[str] = []
+    trained_controls: list[str] = []
     for name in filter(None, names):
         head, _, rest = name.partition(":")
         if head == "expertsteer-cond":
             variants = ["own", *(t.partition(":")[2] for t in _transfers("expertsteer", pairings))]
             out += [resolve(f"{head}:{v}").name for v in ([rest] if rest else variants)]
-        elif head in ("control", "control-cond"):
+        elif head == "expertsteer-trained":
+            variants = [rest] if rest else [DEFAULT_TRAINED]
+            out += [resolve(f"{head}:{v}").name for v in variants]
+        elif head in ("control", "control-cond", "control-trained"):
             named, kinds = _control_names(head, name, rest)
             out += named
-            (controls if head == "control" else cond_controls).extend(kinds)
+            by_head = {"control": controls, "control-cond": cond_controls}
+            by_head.get(head, trained_controls).extend(kinds)
         elif head == "expertsteer":
             out += _transfers(name, pairings)
         else:
@@ -322,6 +386,13 @@ def parse_methods(
             for v in variants or ["own"]
             for k in dict.fromkeys(cond_controls)
             if (k, v) != ("target-as-expert", "own")  # that is self-cond
+        ]
+    if trained_controls:
+        variants = [resolve(n).variant for n in out if n.startswith("expertsteer-trained:")]
+        out += [
+            f"control-trained:{k}:{v}"
+            for v in variants or [DEFAULT_TRAINED]
+            for k in dict.fromkeys(trained_controls)
         ]
     out = list(dict.fromkeys(out))
     if not out:

@@ -179,6 +179,7 @@ def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list
         "target-only": "tab:blue",
         "transfer": "tab:orange",
         "conditioned": "tab:red",
+        "trained": "tab:brown",
         "expert-only": "tab:green",
         "control": "tab:purple",
     }

@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..condition import ConditionedPlan
 from ..data import load_data
+from ..learned import LearnedMap
 from ..models import LoadedModel, load_model
 from ..pipeline import ExpertSteer, fit_target_only
 from ..plan import SteeringPlan
@@ -37,6 +38,7 @@ from .conditioned import (
     probe_layers,
 )
 from .controls import stand_in_expert, transfer_nulls
+from .learned import trained_row
 from .methods import DEFAULT_PAIRINGS, parse_methods, resolve
 from .scorer import Scorer, zero_shot
 from .scoring import generation_scores
@@ -123,6 +125,7 @@ def _needs_expert(name: str) -> bool:
     return name == "expert" or resolve(name).kind in (
         "transfer",
         "conditioned",
+        "trained",
         "expert-only",
         "control",
     )
@@ -314,6 +317,7 @@ def _run_seed(
     own: dict[str, SteeringPlan] = {}
     readers: dict[str, LoadedModel] = {}  # conditioned method -> the model its probe reads
     probe_sets: dict[tuple[str, tuple[int, ...]], ProbeData] = {}
+    learned: dict[str, tuple[LearnedMap, LoadedModel]] = {}  # trained map -> (map, its reader)
     last_use = {resolve(n).control: k for k, n in enumerate(methods) if resolve(n).control}
 
     def tuned(name: str, plan: SteeringPlan, kind: str, val=val_s, test=test_s) -> dict[str, Any]:
@@ -416,6 +420,19 @@ def _run_seed(
             readers[name] = lm
         return row
 
+    def trained(name: str, method) -> dict[str, Any]:
+        """A row of a map trained through the target (eval/learned.py)."""
+        est = estimator(method.control, method.aligner)
+        reader = source(method.control)
+        row, m = trained_row(
+            name, method.kind, est, reader, est.replan(contrast, pairing=method.pairing),
+            (train, val, test), (val_s, test_s), n_nulls=config.n_nulls, seed=seed,
+            batch_size=config.batch_size, nulls=method.kind == "trained",
+        )  # fmt: skip
+        if method.control is None:  # a stand-in is freed before generation scoring
+            learned[name] = (m, reader)
+        return row
+
     for k, name in enumerate(methods):
         t0 = time.perf_counter()
         method = resolve(name)
@@ -442,6 +459,8 @@ def _run_seed(
             row["correct"] = test_s.correct(prefix=task.instruction.strip() + "\n\n")
         elif name == "expert":
             row = None if expert_test is None else {**row, "correct": expert_test.correct()}
+        elif method.trained:
+            row = trained(name, method)
         elif method.conditioned or method.kind == "expert-only":
             row = conditioned(name, method)
         elif method.kind == "target-only":
@@ -477,7 +496,9 @@ def _run_seed(
         _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f}")
 
     generation = (
-        _generation(rows, plans, readers, target, test, config) if config.generation else {}
+        _generation(rows, plans, readers, learned, target, test, config)
+        if config.generation
+        else {}
     )
     concept = None
     if config.concept and expert is not None and task.concept_name is not None:
@@ -521,7 +542,7 @@ def _static(plan: SteeringPlan | ConditionedPlan) -> SteeringPlan:
 
 
 def _generation(
-    rows, plans, readers, target, test: Task, config: EvalConfig
+    rows, plans, readers, learned, target, test: Task, config: EvalConfig
 ) -> dict[str, np.ndarray]:
     """Greedy answers scored by alias match, per method that steers or prompts the target; a
     conditioned method's α per prompt from its probe's reading of the prompt (no options
@@ -532,7 +553,12 @@ def _generation(
         if name in ("expert", "majority", "expert-probe", "ensemble"):
             continue
         plan, alpha = plans.get(name), 1.0
-        if isinstance(plan, ConditionedPlan):
+        if resolve(name).trained:  # per-prompt deltas from the expert's reading
+            if name not in learned:  # a control's stand-in: freed by now
+                continue
+            m, reader = learned[name]
+            plan = m.plans(m.read(reader, [it.prompt for it in test.items]))
+        elif isinstance(plan, ConditionedPlan):
             if name not in readers:  # a control's stand-in: freed by now
                 continue
             alpha = plan.alphas(readers[name], [it.prompt for it in test.items])

@@ -18,7 +18,7 @@ from .stats import balanced_accuracy, bootstrap_ci, holm, mcnemar_p, pooled_null
 __all__ = ["LEVEL", "Run", "summarise", "verdict"]
 
 # The methods whose claim is the expert's: nulls, controls and the full verdict.
-TRANSFERRED = ("transfer", "conditioned")
+TRANSFERRED = ("transfer", "conditioned", "trained")
 LEVEL = 0.05  # every "beats" in a verdict: at this level, Holm-adjusted where it says so
 # One seed: its rows (name, kind, correct, val_score, ...) and the test items' labels.
 Run = dict[str, Any]
@@ -151,7 +151,17 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 seed_row.pop(k, None)
             row["per_seed"].append(seed_row)
         first = row["per_seed"][0]  # α, layers, pairs as tuned on the first seed's validation
-        for k in ("alpha", "layers", "pairs", "val_score", "nulls", "probe", "weight"):
+        for k in (
+            "alpha",
+            "layers",
+            "pairs",
+            "val_score",
+            "nulls",
+            "probe",
+            "weight",
+            "epoch",
+            "scale",
+        ):
             if k in first:
                 row[k] = first[k]
         row.setdefault("alpha", None)  # every row has them: None where nothing was tuned

@@ -123,8 +123,9 @@ class SteeringHandle:
             if coef is None:  # the block was called outside a model forward
                 return None
             h = output[0] if isinstance(output, tuple) else output
-            if h.requires_grad and torch.is_grad_enabled():
-                # autograd may have saved h; a new tensor keeps backward correct
+            if torch.is_grad_enabled() and (h.requires_grad or delta.requires_grad):
+                # autograd may have saved h; a new tensor keeps backward correct (and a trained
+                # delta reaches the graph through it: expertsteer.learned)
                 new = torch.addcmul(h, coef, delta)
                 return (new, *output[1:]) if isinstance(output, tuple) else new
             # In place: no [B, T, d] allocation per layer. The tuple HF returns and its
