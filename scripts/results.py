@@ -54,11 +54,12 @@ METHODS = (
     "control:random-expert:ridge:depth,control:target-as-expert:ridge:depth,"
     "control:random-expert:ae:lowest,control:target-as-expert:ae:lowest,"
     # issue 17: the expert's per-input judgement, its baselines and its control
-    "expertsteer-cond:own,expertsteer-cond:ridge:depth,self-cond,expert-probe,ensemble,"
-    "control-cond:random-expert:own,"
+    "expertsteer-cond:own,self-cond,expert-probe,ensemble,control-cond:random-expert:own,"
     # issue 17's fallback: a per-input delta trained through the target, and its controls
     "expertsteer-trained:ridge:depth,control-trained:random-expert:ridge:depth,"
-    "control-trained:target-as-expert:ridge:depth"
+    "control-trained:target-as-expert:ridge:depth,"
+    # last: its 40 nulls are conditioned scorings (each option steered alone), ~1 h per seed
+    "expertsteer-cond:ridge:depth"
 )
 SEEDS = (0, 1, 2)
 ALPHAS = (0.0, 1.0, 2.0, 4.0)

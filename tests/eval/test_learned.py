@@ -36,7 +36,9 @@ def test_trained_methods_end_to_end(tmp_path):
     target = tiny_model("llama", seed=2, n_layers=4)
     spec = write_task(tmp_path / "task.jsonl")
     methods = "none,mean-diff,expertsteer-trained,control-trained"
-    config = EvalConfig(task=spec, target=target, expert=expert, methods=methods, **FAST)
+    config = EvalConfig(
+        task=spec, target=target, expert=expert, methods=methods, generation=True, **FAST
+    )
     report = run_eval(config, progress=False).report
     rows = {m["name"]: m for m in report["methods"]}
     real = rows["expertsteer-trained:ridge:depth"]
@@ -63,3 +65,40 @@ def test_trained_methods_end_to_end(tmp_path):
     else:
         assert real["scale"] != 0.0 and real["layers"] == [real["pairs"][0][1]]
     assert np.isclose(rows["none"]["score"], none.mean())
+    # generation: the trained map's per-prompt deltas from the expert's reading of the prompt
+    assert "generation_score" in real and "generation_score" in rows["none"]
+    assert "generation_score" not in rows["control-trained:random-expert:ridge:depth"]  # freed
+    if real["epoch"] == 0:
+        assert real["generation_score"] == rows["none"]["generation_score"]
+
+
+def test_a_trained_map_that_steers_is_scored_with_its_nulls(tmp_path, monkeypatch):
+    # validation left out: the last epoch stands, so the map steers and its nulls are scored
+    from expertsteer.learned import LearnedMapFit
+
+    fitted = []
+    real_fit = LearnedMapFit.fit
+
+    def fit_without_val(self, *args, **kw):
+        kw["val"] = None
+        fitted.append(real_fit(self, *args, **kw))
+        return fitted[-1]
+
+    monkeypatch.setattr(LearnedMapFit, "fit", fit_without_val)
+    expert = tiny_model("qwen2", seed=1, d=48, n_layers=5)
+    target = tiny_model("llama", seed=2, n_layers=4)
+    spec = write_task(tmp_path / "task.jsonl")
+    config = EvalConfig(
+        task=spec, target=target, expert=expert, methods="none,expertsteer-trained", **FAST
+    )
+    report = run_eval(config, progress=False).report
+    real = {m["name"]: m for m in report["methods"]}["expertsteer-trained:ridge:depth"]
+    m = fitted[0].map_
+    assert real["epoch"] == 4 and real["scale"] == m.scale != 0.0
+    _, _, test = load_task(spec).split(seed=0)
+    plans = m.plans(m.read(expert, [it.prompt for it in test.items]))
+    want = mc_correct(option_logprobs(target, test.items, plan=plans), test.items, report["norm"])
+    assert real["score"] == want.mean()
+    assert real["per_seed"][0]["correct"] == [int(x) for x in want]
+    assert {f: len(v) for f, v in real["nulls"].items()} == {f: 2 for f in TRAINED_NULLS}
+    assert all(0.0 <= x <= 1.0 for v in real["nulls"].values() for x in v)

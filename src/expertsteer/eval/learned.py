@@ -109,7 +109,7 @@ def trained_row(
     row: dict[str, Any] = {
         "name": name,
         "kind": kind,
-        "val_score": max(x["val_score"] for x in fit.history_),
+        "val_score": fit.history_[m.metrics["epoch"]]["val_score"],
         "epoch": m.metrics["epoch"],
         "scale": m.scale,
         "layers": [j] if m.scale != 0 else [],
