@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from expertsteer.artifacts import load_plan
 from expertsteer.condition import (
     PROBE_CONFIG,
     STRENGTHS,
@@ -14,7 +15,6 @@ from expertsteer.condition import (
     condition,
     conditioned_generate,
     default_probe_layers,
-    load_plan,
     probe_examples,
 )
 from expertsteer.extract import extract

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("align", "mi", "pairing", "estimators"),
     ("plan",),
     ("steer",),
-    ("tune", "gate", "condition", "learned", "pipeline", "export", "export_lmeval"),
+    ("tune", "gate", "condition", "learned", "artifacts", "pipeline", "export", "export_lmeval"),
     ("serve", "eval", "vllm_backend"),
     ("cli",),
 ]

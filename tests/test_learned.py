@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
+from expertsteer.condition import ExpertMissingError
 from expertsteer.extract import extract
 from expertsteer.io import CorruptFileError
-from expertsteer.learned import CONFIG, LearnedMap, LearnedMapFit, frozen
+from expertsteer.learned import CONFIG, LearnedMap, LearnedMapFit, frozen, learned_generate
 from expertsteer.plan import ModelInfo
-from expertsteer.steer import sequence_logprobs
-from tiny import n_hooks, tiny_model
+from expertsteer.steer import generate, sequence_logprobs
+from tiny import n_hooks, planted_map, tiny_model
 
 PROMPTS = [f"Tweet {k}: {w}\nSentiment:" for k, w in enumerate(["good", "bad", "sad", "nice"] * 3)]
 ANSWERS = [" positive" if k % 4 in (0, 3) else " negative" for k in range(len(PROMPTS))]
@@ -134,3 +135,32 @@ def test_frozen_restores_the_flags():
             assert not any(p.requires_grad for p in lm.model.parameters())
             raise RuntimeError
     assert [p.requires_grad for p in lm.model.parameters()] == flags
+
+
+def test_learned_generate_is_generate_with_each_prompts_own_delta(pair, tmp_path, monkeypatch):
+    """Exactly steer.generate with the per-row plans of the expert's reading, scaled by alpha;
+    the deltas really differ per prompt and change the text."""
+    monkeypatch.setenv("EXPERTSTEER_CACHE", str(tmp_path / "cache"))
+    target, expert = pair
+    m = planted_map(target, expert, scale=3.0)
+    prompts = PROMPTS[:4]
+    kw = dict(max_new_tokens=6, chat_template=False)
+    got = learned_generate(target, expert, prompts, m, alpha=1.5, **kw)
+    want = generate(target, prompts, plan=m.plans(states(expert, prompts)), alpha=1.5, **kw)
+    assert got == want
+    assert got != generate(target, prompts, **kw)
+    norms = m.deltas(states(expert, prompts)).norm(dim=1)
+    assert float(norms.max() - norms.min()) > 1e-3 * float(norms.max())
+    assert n_hooks(target) == 0
+
+
+def test_the_expert_and_the_target_are_checked(pair):
+    target, expert = pair
+    m = planted_map(target, expert)
+    with pytest.raises(ExpertMissingError, match="reads each prompt with the expert"):
+        m.check_expert(None)
+    with pytest.raises(ExpertMissingError, match="is another model"):
+        m.read(target, PROMPTS)
+    m.check_target(target)
+    with pytest.raises(ValueError, match="plan was fitted for"):
+        m.check_target(expert)

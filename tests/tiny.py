@@ -213,3 +213,23 @@ def export_plan(lm, alphas=None) -> SteeringPlan:
         config={"alpha_scale": 0.15},
         provenance={"data": "unit-test"},
     )
+
+
+def planted_map(target, expert, *, layer: int = 1, rank: int = 3, scale: float = 1.0, seed=0):
+    """A :class:`~expertsteer.learned.LearnedMap` with random factors (no training): block
+    ``layer`` of ``expert`` to the same block of ``target``, norm 5, the identity standardiser."""
+    from expertsteer.learned import LearnedMap
+
+    g = torch.Generator().manual_seed(seed)
+    return LearnedMap(
+        expert=ModelInfo.of(expert),
+        target=ModelInfo.of(target),
+        expert_layer=layer,
+        target_layer=layer,
+        up=torch.randn(target.hidden_size, rank, generator=g) / target.hidden_size**0.5,
+        down=torch.randn(rank, expert.hidden_size, generator=g) / expert.hidden_size**0.5,
+        mean=torch.zeros(expert.hidden_size),
+        std=torch.ones(expert.hidden_size),
+        scale=scale,
+        norm=5.0,
+    )

@@ -21,7 +21,9 @@ _PUBLIC = {
     "load_data": "data",
     "ConditionedPlan": "condition",
     "condition": "condition",
-    "load_plan": "condition",
+    "load_plan": "artifacts",
+    "LearnedMap": "learned",
+    "LearnedMapFit": "learned",
     "DomainGate": "gate",
     "gated_generate": "gate",
 }

@@ -14,7 +14,7 @@ Cost: one expert prefill per input, up to the probe's block (extraction stops th
 Fitting (:class:`ProbeFit`, sklearn style): a probe per candidate expert block on the train
 states, the block chosen by validation AUC, then Platt-calibrated on validation. Saved beside
 the plan's own files (``probe.safetensors`` + ``probe.json``): a plan folder holding them is
-a conditioned plan (:func:`load_plan`).
+a conditioned plan (:func:`expertsteer.artifacts.load_plan`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "condition",
     "conditioned_generate",
     "default_probe_layers",
-    "load_plan",
     "probe_examples",
 ]
 
@@ -413,10 +412,3 @@ def conditioned_generate(
 
     row_alpha = cplan.alphas(expert, prompts, alpha, batch_size=kw.get("batch_size", 8))
     return generate(target, prompts, plan=cplan.plan, alpha=row_alpha, **kw)
-
-
-def load_plan(directory: str | Path) -> SteeringPlan | ConditionedPlan:
-    """A saved plan folder: conditioned when it holds a probe, else static."""
-    if (Path(directory) / PROBE_CONFIG).is_file():
-        return ConditionedPlan.from_pretrained(directory)
-    return SteeringPlan.from_pretrained(directory)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .condition import ExpertMissingError
 from .extract import extract
 from .io import CorruptFileError, load_tensors, save_tensors, write_json
 from .models import LoadedModel
@@ -37,7 +38,7 @@ from .steer.hooks import SteeringHandle
 from .steer.infer import keeps_logits, pad_ids, pad_token_id, pair_tokens
 from .types import Tensor
 
-__all__ = ["LearnedMap", "LearnedMapFit", "frozen"]
+__all__ = ["LearnedMap", "LearnedMapFit", "frozen", "learned_generate"]
 
 FORMAT = 1
 TENSORS = "learned_map.safetensors"
@@ -95,13 +96,28 @@ class LearnedMap:
         z = (states.float() - self.mean) / self.std
         return self.scale * self.norm * (z @ self.down.T) @ self.up.T
 
-    def read(self, expert: LoadedModel, prompts: Sequence[str], **kw: Any) -> Tensor:
-        """The expert's states at block i, last token of each prompt (cached like any read)."""
-        if expert.fingerprint != self.expert.fingerprint:
-            raise ValueError(
-                f"this map was trained on {self.expert.name!r}'s states; {expert.name!r} is "
+    def check_expert(self, lm: Any) -> None:
+        """Refuse a missing expert, or another model than the one the map was trained on."""
+        if lm is None:
+            raise ExpertMissingError(
+                f"this learned map reads each prompt with the expert {self.expert.name!r}: load "
+                "it beside the target (Python: expert=load_model(...); CLI: --expert)"
+            )
+        if lm.fingerprint != self.expert.fingerprint:
+            raise ExpertMissingError(
+                f"this map was trained on {self.expert.name!r}'s states (fingerprint "
+                f"{self.expert.fingerprint[:12]}); {lm.name!r} ({lm.fingerprint[:12]}) is "
                 "another model: load the expert it names"
             )
+
+    def check_target(self, lm: Any, *, strict: bool = True) -> None:
+        """As :meth:`SteeringPlan.check_target`, for the target the deltas are added to."""
+        self.plans_of(torch.zeros(1, self.target.hidden_size))[0].check_target(lm, strict=strict)
+
+    def read(self, expert: LoadedModel, prompts: Sequence[str], **kw: Any) -> Tensor:
+        """The expert's states at block i, last token of each prompt (cached like any read;
+        ``cache=False`` for text that must not reach the disk, e.g. a served prompt)."""
+        self.check_expert(expert)
         kw.setdefault("progress", False)
         return extract(
             expert, list(prompts), layers=[self.expert_layer], position="last",
@@ -112,6 +128,12 @@ class LearnedMap:
         """One plan per row (its delta as vector × α), for any per-row plan API (scoring,
         :func:`expertsteer.steer.generate`)."""
         return self.plans_of(self.deltas(states))
+
+    def plans_for(
+        self, expert: LoadedModel, prompts: Sequence[str], **kw: Any
+    ) -> list[SteeringPlan]:
+        """One plan per prompt, the expert reading each (``kw``: :meth:`read`'s)."""
+        return self.plans(self.read(expert, prompts, **kw))
 
     def plans_of(self, deltas: Tensor) -> list[SteeringPlan]:
         """Per-row plans adding ``deltas`` ``[n, d_t]`` at the map's block (nulls swap them)."""
@@ -180,6 +202,23 @@ class LearnedMap:
             raise CorruptFileError(
                 f"{directory} holds a damaged learned map ({type(exc).__name__}: {exc}); refit it"
             ) from exc
+
+
+def learned_generate(
+    target: Any,
+    expert: Any,
+    prompts: Sequence[str],
+    learned: LearnedMap,
+    *,
+    alpha: float = 1.0,
+    **kw: Any,
+) -> list[str]:
+    """:func:`~expertsteer.steer.generate` with each prompt's own delta, the expert reading the
+    prompt as written (before any chat template); ``alpha`` scales every delta."""
+    from .steer import generate
+
+    plans = learned.plans_for(expert, prompts, batch_size=kw.get("batch_size", 8))
+    return generate(target, prompts, plan=plans, alpha=alpha, **kw)
 
 
 @contextlib.contextmanager

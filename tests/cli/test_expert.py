@@ -44,7 +44,8 @@ def test_expert_ref(tmp_path, models):
     assert expert_ref(static, None) is None and conditioned(static) == {}
     with pytest.raises(
         typer.BadParameter,
-        match=r"only for expert-conditioned plans \(a plan folder with probe.json\); s is static",
+        match=r"only for expert-conditioned plans \(a plan folder with probe.json\) and learned "
+        r"maps \(learned_map.json\); s is static",
     ):
         expert_ref(static, "ex")
     here = {"c": cplan(target, expert, name=str(tmp_path)), **static}

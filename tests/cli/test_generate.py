@@ -1,6 +1,7 @@
 """``expertsteer generate``: unsteered and steered completions side by side; bad input (a bad
 scope, a damaged plan) is one message; an expert-conditioned plan steers each prompt with its
-own α·g(p) (exactly conditioned_generate), and without its expert is one message."""
+own α·g(p) (exactly conditioned_generate), and without its expert is one message; a learned map
+adds each prompt's own delta (exactly learned_generate)."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -11,11 +12,12 @@ from typer.testing import CliRunner
 from expertsteer.cli import app
 from expertsteer.cli import generate as generate_module
 from expertsteer.condition import ConditionedPlan, ExpertProbe, conditioned_generate
+from expertsteer.learned import learned_generate
 from expertsteer.models import load_model
 from expertsteer.plan import TENSORS_NAME, ModelInfo, SteeringPlan
 from expertsteer.steer import generate as steered_generate
 from expertsteer.steer.scope import WRITTEN_SCOPES
-from tiny import plan_with_norms, tiny_model, unit
+from tiny import plan_with_norms, planted_map, tiny_model, unit
 
 
 def test_cli_generate_side_by_side(tmp_path):
@@ -142,7 +144,7 @@ def test_cli_generate_without_the_expert_is_one_message(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     out = flat(result)
     assert "error:" in out and "this plan is expert-conditioned: it needs the expert" in out
-    assert "'no-such-expert', the expert its probe recorded, does not load here" in out
+    assert "'no-such-expert', the expert it recorded, does not load here" in out
     assert "pass --expert MODEL" in out and "Traceback" not in result.output
     other = CliRunner().invoke(app, [*argv, "--expert", str(tmp_path / "target")])
     assert other.exit_code == 1 and "is another model" in flat(other)
@@ -165,3 +167,30 @@ def test_cli_generate_refuses_an_expert_for_a_static_plan(tmp_path):
     result = CliRunner().invoke(app, [*argv, "--expert", str(tmp_path / "model")])
     assert result.exit_code == 2, result.output
     assert "Invalid value for --expert: is only for expert-conditioned plans" in flat(result)
+
+
+# --- learned maps -------------------------------------------------------------------------------
+
+
+def test_cli_generate_with_a_learned_map_is_learned_generate(tmp_path, monkeypatch):
+    """A folder holding learned_map.json: each prompt gets its own delta from the expert's
+    reading (exactly learned_generate), its norm × α shown per prompt; without the expert it
+    is one message."""
+    target = load_model(save_model(tiny_model("llama"), tmp_path / "target"))
+    expert = load_model(save_model(tiny_model("gpt2", seed=1), tmp_path / "expert"))
+    m = planted_map(target, expert, scale=3.0)
+    m.save_pretrained(tmp_path / "map")
+    printed = tables(monkeypatch)
+    argv = ["generate", *COND_PROMPTS, "--target", str(tmp_path / "target")]
+    argv += ["--steer", str(tmp_path / "map"), "--alpha", "1.5", "--max-new-tokens", "5"]
+    for extra in (["--expert", str(tmp_path / "expert")], []):  # [] : the recorded expert
+        result = CliRunner().invoke(app, argv + extra)
+        assert result.exit_code == 0, result.output
+    want = learned_generate(target, expert, COND_PROMPTS, m, alpha=1.5, max_new_tokens=5)
+    norms = m.deltas(m.read(expert, COND_PROMPTS)).norm(dim=1)
+    for table in printed:
+        assert cells(table, "steered") == [t.strip() for t in want]
+        assert cells(table, "‖delta‖") == [f"{float(n) * 1.5:.3g}" for n in norms]
+        assert f"reading {tmp_path / 'expert'} (expert block 1 → target block 1" in table.title
+    other = CliRunner().invoke(app, [*argv, "--expert", str(tmp_path / "target")])
+    assert other.exit_code == 1 and "is another model" in flat(other)

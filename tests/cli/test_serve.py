@@ -111,7 +111,7 @@ def test_a_conditioned_plan_is_served_with_its_expert(tmp_path, served_with_expe
     assert res.exit_code == 0, res.output
     (call,) = calls
     assert call["expert"] is models["ex"] and isinstance(call["plans"]["c"], ConditionedPlan)
-    assert "expert tiny-gpt2 conditions plans ['c']" in flat(res)
+    assert "expert tiny-gpt2 reads the prompts of plans ['c']" in flat(res)
 
 
 def test_a_conditioned_plan_without_its_expert_does_not_start(tmp_path, served_with_expert):

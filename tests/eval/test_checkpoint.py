@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import expertsteer.eval.runner as runner_mod
 from expertsteer.eval import EvalConfig, run_eval
 from expertsteer.eval.checkpoint import RowStore, _decode, _encode, finished_rows
-from tiny import tiny_model, write_task
+from expertsteer.learned import LearnedMap
+from tiny import planted_map, tiny_model, write_task
 
 FAST = dict(n_nulls=2, align_texts=40, alphas=(1.0, 4.0), layer_counts=(1, 2), n_pairs=2)
 METHODS = (
@@ -77,6 +79,12 @@ def test_a_rerun_reads_every_row_back_and_reports_the_same(tmp_path, models, mon
         assert type(kept) is type(plan) and getattr(kept, "plan", kept).layers == static.layers
         for j, v in static.vectors.items():
             assert np.array_equal(getattr(kept, "plan", kept).vectors[j].numpy(), v.numpy())
+    # a clone without the plans' tensors: the rows stand, only their plans are left out
+    for tensors in folder.glob("seed*/*.plan/*.safetensors"):
+        tensors.unlink()
+    bare = run_eval(config, progress=False)
+    assert fits == [] and nulls == [] and bare.plans == {}
+    assert _scores_only(bare.report) == _scores_only(first.report)
 
 
 def test_other_settings_or_a_damaged_file_compute_again(tmp_path, models, monkeypatch):
@@ -111,17 +119,33 @@ def test_arrays_round_trip_exactly():
     assert back["nested"] == [{"x": 0.3}, [1, 2]]
 
 
-def test_a_row_without_its_plan_is_not_used(tmp_path):
+def test_a_row_without_its_plan_stands_unless_plans_are_needed(tmp_path):
     store = RowStore(tmp_path, 0, {"k": 1})
     store.save("m", {"name": "m", "correct": np.ones(3)})
     assert store.load("m")[0]["correct"].tolist() == [1.0, 1.0, 1.0]
+    assert store.missing == []
     body = json.loads((tmp_path / "seed0" / "m.json").read_text())
     body["plan"] = "static"  # says it has a plan, which is not on disk
     (tmp_path / "seed0" / "m.json").write_text(json.dumps(body))
-    assert store.load("m") is None
+    row, _, plan = store.load("m")  # its numbers stand; the plan is left out, and said so
+    assert row["correct"].tolist() == [1.0, 1.0, 1.0] and plan is None
+    assert store.missing == ["m"]
+    assert RowStore(tmp_path, 0, {"k": 1}, need_plans=True).load("m") is None  # generation
     assert RowStore(tmp_path, 0, {"k": 2}).load("m") is None  # other key
     RowStore(tmp_path, 0, {"k": 2}).save("n", {"name": "n", "correct": np.zeros(2)})
     (tmp_path / "seed0" / "x.json").write_text("{damaged")
     rows = finished_rows(tmp_path, 0)  # progress: every row, whatever its key
     assert [r["name"] for r in rows] == ["m", "n"] and rows[1]["correct"].tolist() == [0.0, 0.0]
     assert finished_rows(tmp_path, 1) == []
+
+
+def test_a_trained_rows_map_is_kept_and_read_back_as_a_map(tmp_path):
+    target, expert = tiny_model("llama"), tiny_model("gpt2", seed=1)
+    m = planted_map(target, expert, scale=2.0)
+    store = RowStore(tmp_path, 0, {"k": 1})
+    store.save("expertsteer-trained:ridge:depth", {"name": "t", "correct": np.ones(2)}, plan=m)
+    body = json.loads((tmp_path / "seed0" / "expertsteer-trained_ridge_depth.json").read_text())
+    assert body["plan"] == "learned"
+    _, _, back = store.load("expertsteer-trained:ridge:depth")
+    assert isinstance(back, LearnedMap) and back.scale == 2.0
+    assert torch.equal(back.up, m.up) and torch.equal(back.down, m.down)

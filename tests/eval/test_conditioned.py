@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from expertsteer.condition import ConditionedPlan, load_plan
+from expertsteer.artifacts import load_plan
+from expertsteer.condition import ConditionedPlan
 from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.conditioned import (
     ENSEMBLE_WEIGHTS,

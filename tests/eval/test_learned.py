@@ -1,10 +1,15 @@
+import json
+
 import numpy as np
 import pytest
+import torch
 
-from expertsteer.eval import EvalConfig, load_task, run_eval
+from expertsteer.artifacts import load_plan
+from expertsteer.eval import EvalConfig, load_task, run_eval, write_report
 from expertsteer.eval.learned import TRAINED_NULLS
 from expertsteer.eval.methods import parse_methods, resolve
 from expertsteer.eval.scoring import mc_correct, option_logprobs
+from expertsteer.learned import LearnedMap
 from tiny import tiny_model, write_task
 
 FAST = dict(n_nulls=2, align_texts=40, alphas=(0.0, 1.0), layer_counts=(1,), n_pairs=2)
@@ -91,7 +96,8 @@ def test_a_trained_map_that_steers_is_scored_with_its_nulls(tmp_path, monkeypatc
     config = EvalConfig(
         task=spec, target=target, expert=expert, methods="none,expertsteer-trained", **FAST
     )
-    report = run_eval(config, progress=False).report
+    result = run_eval(config, progress=False)
+    report = result.report
     real = {m["name"]: m for m in report["methods"]}["expertsteer-trained:ridge:depth"]
     m = fitted[0].map_
     assert real["epoch"] == 4 and real["scale"] == m.scale != 0.0
@@ -102,3 +108,10 @@ def test_a_trained_map_that_steers_is_scored_with_its_nulls(tmp_path, monkeypatc
     assert real["per_seed"][0]["correct"] == [int(x) for x in want]
     assert {f: len(v) for f, v in real["nulls"].items()} == {f: 2 for f in TRAINED_NULLS}
     assert all(0.0 <= x <= 1.0 for v in real["nulls"].values() for x in v)
+    # the map is the run's artifact: written with the report, read back by load_plan
+    write_report(result, tmp_path / "out")
+    folder = json.loads((tmp_path / "out" / "results.json").read_text())["plans"]
+    back = load_plan(tmp_path / "out" / folder["expertsteer-trained:ridge:depth"])
+    h = m.read(expert, [it.prompt for it in test.items])
+    assert isinstance(back, LearnedMap)
+    torch.testing.assert_close(back.deltas(h), m.deltas(h), rtol=0, atol=0)

@@ -12,6 +12,7 @@ from expertsteer.vllm_backend.spec import (
     plan_payload,
     steering_spec,
 )
+from tiny import planted_map, tiny_model
 
 
 def test_steering_spec():
@@ -71,3 +72,12 @@ def test_plan_payload_is_plain_lists_of_the_static_plan(tmp_path):
     assert isinstance(load_plan(tmp_path / "c"), ConditionedPlan)
     assert isinstance(load_plan(tmp_path / "s"), SteeringPlan)
     assert load_plan(plan) is plan
+
+
+def test_a_learned_map_is_refused_with_where_it_runs(tmp_path):
+    target, expert = tiny_model("llama"), tiny_model("gpt2", seed=1)
+    m = planted_map(target, expert)
+    m.save_pretrained(tmp_path / "map")
+    for value in (m, tmp_path / "map"):
+        with pytest.raises(ValueError, match="per-prompt delta.*on the HF path"):
+            load_plan(value)

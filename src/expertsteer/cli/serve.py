@@ -20,8 +20,9 @@ def serve(
     ),
     expert: str = typer.Option(
         None,
-        help="Expert the expert-conditioned plans read with (catalog name, path, GGUF or hub "
-        "id), loaded beside the target; default: the one their probe recorded, if it loads here.",
+        help="Expert the expert-conditioned plans and learned maps read with (catalog name, "
+        "path, GGUF or hub id), loaded beside the target; default: the one they recorded, if it "
+        "loads here.",
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
     port: int = typer.Option(8000, min=0, max=65535),
@@ -42,8 +43,9 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions).
 
-    Expert-conditioned plans (folders holding probe.json) need --expert: per request, the expert
-    reads the prompt (a chat's last user message) and the request's α becomes α·g(p)."""
+    Expert-conditioned plans (folders holding probe.json) and learned maps (learned_map.json)
+    need their expert: per request, the expert reads the prompt (a chat's last user message) and
+    the request's α becomes α·g(p), or the map's delta for that prompt is added (times α)."""
     folders = args.named_plans(steer)
     if engine not in ("hf", "vllm"):
         raise typer.BadParameter(f"{engine!r} is not hf or vllm", param_hint="--engine")
@@ -52,7 +54,8 @@ def serve(
 
         if expert is not None:
             raise typer.BadParameter(
-                "vLLM's server does not read an expert; serve expert-conditioned plans with "
+                "vLLM's server does not read an expert; serve expert-conditioned plans and "
+                "learned maps with "
                 "--engine hf, or on vLLM from Python (SteeredLLM(..., expert=...))",
                 param_hint="--expert",
             )
@@ -64,7 +67,7 @@ def serve(
         serve_vllm(argv)
         return
 
-    from ..condition import load_plan
+    from ..artifacts import load_plan
     from ..models import load_model
     from ..serve import serve as run_server
 
@@ -79,7 +82,7 @@ def serve(
     )
     if expert_lm is not None:
         names = sorted(experts.conditioned(plans))
-        console.print(f"expert {expert_lm.name} conditions plans {names}")
+        console.print(f"expert {expert_lm.name} reads the prompts of plans {names}")
     run_server(
         lm,
         plans,

@@ -2,13 +2,15 @@
 
 With ``EvalConfig.checkpoint`` (``expertsteer eval --checkpoint DIR``) each method's row is
 written as it finishes on a seed: ``DIR/seed<k>/<method>.json`` (test correctness, tuned α and
-layers, nulls, its sweep; arrays as JSON lists, nothing pickled) with its tuned plan beside it
-(``<method>.plan/``, safetensors + JSON), the plan first and the row last, each atomically, so a
-row on disk always has its plan. The concept-transfer spans of a seed are kept the same way
-(``_concept.json``). A rerun with the same settings reads them back instead of refitting. A file
-written under other settings or other items is ignored and overwritten. Each file records the
-commit it was written at; the report lists them (``checkpoint_commits``), since a rerun cannot
-tell whether the code changed.
+layers, nulls, its sweep; arrays as JSON lists, nothing pickled) with its tuned plan or trained
+map beside it (``<method>.plan/``, safetensors + JSON), the plan first and the row last, each
+atomically, so a row on disk always has its plan. The concept-transfer spans of a seed are kept
+the same way (``_concept.json``). A rerun with the same settings reads them back instead of
+refitting; a row whose plan files are unreadable is read back without its plan (its numbers were
+measured; only the artifact is gone) unless the run scores generation, which needs the plan. A
+file written under other settings or other items is ignored and overwritten. Each file records
+the commit it was written at; the report lists them (``checkpoint_commits``), since a rerun
+cannot tell whether the code changed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..condition import ConditionedPlan
 from ..io import write_json
+from ..learned import LearnedMap
 from ..models import LoadedModel
 from ..plan import SteeringPlan
 from ..provenance import git_commit
@@ -31,6 +34,12 @@ __all__ = ["RowStore", "finished_rows", "fingerprint"]
 
 CONCEPT = "_concept"
 _ARRAY = "__ndarray__"
+# a row's saved plan, by the kind its JSON records
+_LOADERS: dict[str, Any] = {
+    "conditioned": ConditionedPlan,
+    "learned": LearnedMap,
+    "static": SteeringPlan,
+}
 
 
 def _name(ref: str | LoadedModel | None) -> str | None:
@@ -99,14 +108,22 @@ def _read(path: Path) -> dict[str, Any] | None:
 class RowStore:
     """One seed's folder of finished rows (see the module docstring)."""
 
-    def __init__(self, root: str | Path, seed: int, key: dict[str, Any]) -> None:
+    def __init__(
+        self, root: str | Path, seed: int, key: dict[str, Any], *, need_plans: bool = False
+    ) -> None:
         self.folder = Path(root) / f"seed{seed}"
         self.key = key
+        # A row whose plan files are unreadable (e.g. a clone without the tensors) still
+        # stands, its plan left out, unless the run needs plans (generation scoring).
+        self.need_plans = need_plans
+        self.missing: list[str] = []  # rows restored without their plan
 
     def _path(self, name: str) -> Path:
         return self.folder / (name.replace(":", "_") + ".json")
 
-    def load(self, name: str) -> tuple[dict, Any, SteeringPlan | ConditionedPlan | None] | None:
+    def load(
+        self, name: str
+    ) -> tuple[dict, Any, SteeringPlan | ConditionedPlan | LearnedMap | None] | None:
         """``(row, sweep, plan)`` kept for ``name`` under these settings, else ``None``."""
         path = self._path(name)
         saved = _read(path)
@@ -115,11 +132,13 @@ class RowStore:
         plan = None
         if saved.get("plan"):
             folder = path.with_suffix(".plan")
-            loader = ConditionedPlan if saved["plan"] == "conditioned" else SteeringPlan
+            loader = _LOADERS.get(saved["plan"], SteeringPlan)
             try:
                 plan = loader.from_pretrained(folder)
             except (OSError, ValueError):
-                return None
+                if self.need_plans:
+                    return None
+                self.missing.append(name)
         row = _decode(saved["row"])
         row["checkpoint_commit"] = saved.get("git_commit")
         return row, _decode(saved.get("sweep")), plan
@@ -129,14 +148,14 @@ class RowStore:
         name: str,
         row: dict[str, Any],
         sweep: Any = None,
-        plan: SteeringPlan | ConditionedPlan | None = None,
+        plan: SteeringPlan | ConditionedPlan | LearnedMap | None = None,
     ) -> None:
         path = self._path(name)
         self.folder.mkdir(parents=True, exist_ok=True)
         kind = None
         if plan is not None:
             plan.save_pretrained(path.with_suffix(".plan"))
-            kind = "conditioned" if isinstance(plan, ConditionedPlan) else "static"
+            kind = next(k for k, cls in _LOADERS.items() if isinstance(plan, cls))
         row = {k: v for k, v in row.items() if k != "checkpoint_commit"}
         body = {
             "key": self.key,

@@ -217,8 +217,8 @@ def _plots(report: dict[str, Any], out: Path, plan: SteeringPlan | None) -> list
 
 
 def write_report(result: EvalResult | dict[str, Any], out: str | Path) -> Path:
-    """Write ``results.json``, ``results.md``, the PNG plots and the tuned plans
-    (``plans/<method>/``, usable with ``expertsteer generate --steer``) into ``out``.
+    """Write ``results.json``, ``results.md``, the PNG plots and the tuned plans and trained
+    maps (``plans/<method>/``, usable with ``expertsteer generate --steer``) into ``out``.
 
     ``result`` is what :func:`run_eval` returns, or a bare report dict (then no plans and
     no MI heat-map are written)."""

@@ -115,9 +115,9 @@ class EvalResult:
     """What :func:`run_eval` returns: the JSON-ready report and the live plans behind it."""
 
     report: dict[str, Any]  # see :func:`expertsteer.eval.write_report`
-    # The tuned plans (α and layers as chosen on validation) that steer, by method name: the
-    # first seed's.
-    plans: dict[str, SteeringPlan | ConditionedPlan] = field(default_factory=dict)
+    # The tuned plans (α and layers as chosen on validation) that steer, by method name, and
+    # the trained maps whose chosen epoch steers (scale not 0): the first seed's.
+    plans: dict[str, SteeringPlan | ConditionedPlan | LearnedMap] = field(default_factory=dict)
     mi_plan: SteeringPlan | None = None  # the first transfer plan with an MI matrix (heat-map)
 
 
@@ -214,10 +214,14 @@ def run_eval(
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     plans = first["plans"]
-    mi_plan = next((plans[r["name"]] for r in rows if r["kind"] == "transfer"), None)
+    mi_plan = next(
+        (plans[r["name"]] for r in rows if r["kind"] == "transfer" and r["name"] in plans), None
+    )
+    steering = {name: plan for name, plan in plans.items() if any(_static(plan).alphas.values())}
+    steering |= {name: m for name, m in first.get("learned", {}).items() if m.scale != 0}
     return EvalResult(
         report=report,
-        plans={name: plan for name, plan in plans.items() if any(_static(plan).alphas.values())},
+        plans=steering,
         mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
     )
 
@@ -278,7 +282,12 @@ def _run_seed(
     step = on_step or (lambda _: None)
     shared = config.shared_prompt
     store = (
-        RowStore(config.checkpoint, seed, fingerprint(config, seed, (train, val, test)))
+        RowStore(
+            config.checkpoint,
+            seed,
+            fingerprint(config, seed, (train, val, test)),
+            need_plans=config.generation,
+        )  # fmt: skip
         if config.checkpoint
         else None
     )
@@ -315,9 +324,9 @@ def _run_seed(
     estimators: dict[tuple[str | None, str], ExpertSteer] = {}
     stand_ins: dict[str, LoadedModel] = {}
     own: dict[str, SteeringPlan] = {}
-    readers: dict[str, LoadedModel] = {}  # conditioned method -> the model its probe reads
+    readers: dict[str, LoadedModel] = {}  # conditioned or trained method -> the model it reads
     probe_sets: dict[tuple[str, tuple[int, ...]], ProbeData] = {}
-    learned: dict[str, tuple[LearnedMap, LoadedModel]] = {}  # trained map -> (map, its reader)
+    learned: dict[str, LearnedMap] = {}  # trained method -> its map (saved like a plan)
     last_use = {resolve(n).control: k for k, n in enumerate(methods) if resolve(n).control}
 
     def tuned(name: str, plan: SteeringPlan, kind: str, val=val_s, test=test_s) -> dict[str, Any]:
@@ -429,8 +438,9 @@ def _run_seed(
             (train, val, test), (val_s, test_s), n_nulls=config.n_nulls, seed=seed,
             batch_size=config.batch_size, nulls=method.kind == "trained",
         )  # fmt: skip
+        learned[name] = m
         if method.control is None:  # a stand-in is freed before generation scoring
-            learned[name] = (m, reader)
+            readers[name] = reader
         return row
 
     for k, name in enumerate(methods):
@@ -442,13 +452,16 @@ def _run_seed(
             row, sweep, plan = kept
             if sweep is not None:
                 sweeps[name] = sweep
-            if plan is not None:
+            if isinstance(plan, LearnedMap):
+                learned[name] = plan
+            elif plan is not None:
                 plans[name] = plan
-            if isinstance(plan, ConditionedPlan) and method.control is None:
+            if isinstance(plan, ConditionedPlan | LearnedMap) and method.control is None:
                 readers[name] = target if name == "self-cond" else expert
             rows.append(row)
             step(name)
-            _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f} (checkpoint)")
+            gone = "; its plan's files are unreadable: left out" if name in store.missing else ""
+            _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f} (checkpoint{gone})")
             continue
         if name == "none":
             row["correct"] = test_s.correct()
@@ -490,7 +503,7 @@ def _run_seed(
             continue
         row["seconds"] = round(time.perf_counter() - t0, 1)
         if store is not None:
-            store.save(name, row, sweeps.get(name), plans.get(name))
+            store.save(name, row, sweeps.get(name), plans.get(name, learned.get(name)))
         rows.append(row)
         step(name)
         _log(progress, f"{name}: test accuracy {row['correct'].mean():.3f}")
@@ -532,6 +545,7 @@ def _run_seed(
         "models": models,
         "sweeps": sweeps,
         "plans": plans,
+        "learned": learned,
         "generation": generation,
         "concept": concept,
     }
@@ -554,10 +568,10 @@ def _generation(
             continue
         plan, alpha = plans.get(name), 1.0
         if resolve(name).trained:  # per-prompt deltas from the expert's reading
-            if name not in learned:  # a control's stand-in: freed by now
+            if name not in readers or name not in learned:  # a stand-in: freed by now
                 continue
-            m, reader = learned[name]
-            plan = m.plans(m.read(reader, [it.prompt for it in test.items]))
+            m = learned[name]
+            plan = m.plans(m.read(readers[name], [it.prompt for it in test.items]))
         elif isinstance(plan, ConditionedPlan):
             if name not in readers:  # a control's stand-in: freed by now
                 continue

@@ -21,6 +21,7 @@ from .server import SteeringServer
 
 if TYPE_CHECKING:
     from ..condition import ConditionedPlan
+    from ..learned import LearnedMap
 
 
 async def read_json(request: Any, limit: int) -> dict[str, Any]:
@@ -49,7 +50,7 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
 
 def create_app(
     lm: LoadedModel,
-    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan | LearnedMap]",
     *,
     expert: LoadedModel | None = None,
     model_id: str | None = None,
@@ -61,8 +62,8 @@ def create_app(
     strict: bool = True,
 ) -> Any:
     """The FastAPI app serving ``lm`` with ``plans`` (name → plan; ``expert``: the model that
-    expert-conditioned plans need). ``app.state.server`` holds the :class:`SteeringServer`; its
-    worker stops when the app shuts down."""
+    expert-conditioned plans and learned maps need). ``app.state.server`` holds the
+    :class:`SteeringServer`; its worker stops when the app shuts down."""
     fastapi = require("fastapi", "expertsteer serve")
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -178,7 +179,7 @@ class ServerThread:
 
 def serve(
     lm: LoadedModel,
-    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan | LearnedMap]",
     *,
     host: str = "127.0.0.1",
     port: int = 8000,

@@ -13,11 +13,12 @@ hands text deltas to the request's ``on_event`` callback (from the worker thread
 A job carries typed values only (a parsed :class:`TokenScope`, a float α): the engine never
 parses, and batches by value, so jobs whose scopes were spelled differently still share a batch.
 
-An expert-conditioned job (:class:`Conditioning`) has its α scaled by ``g(p)``: the probe's
-reading of the expert's state of the job's text. The worker reads every conditioned row of a
-batch (one expert prefill, up to the probe's block) just before the batch runs, so the expert,
+A job the expert reads (:class:`Conditioning`) is steered by the expert's state of the job's
+text: an expert-conditioned plan's probe scales the job's α by ``g(p)``; a learned map turns the
+state into the row's own delta (the job's plan). The worker reads every such row of a batch
+(one expert prefill per reader, up to its block) just before the batch runs, so the expert,
 like the target, is only ever run by the worker thread (it may even be the target itself), and
-rows with different strengths share a batch (α is per row).
+rows with different strengths or deltas share a batch (plans and α are per row).
 """
 
 from __future__ import annotations
@@ -70,17 +71,25 @@ class Event:
     completion_tokens: int = 0
     p: float | None = None  # a conditioned row's probe probability (``done`` events)
     strength: float | None = None  # ... and its g(p): the row's α was the job's α times this
+    delta_norm: float | None = None  # a learned map's row: the norm of its delta (before α)
 
 
 @dataclass(frozen=True)
 class Conditioning:
-    """An expert-conditioned row: ``expert`` reads ``text``, and ``probe`` (an
-    :class:`~expertsteer.condition.ExpertProbe`) turns its state into ``g(p)`` in [-1, 1],
-    which scales the job's α."""
+    """A row the expert reads: ``expert`` reads ``text``, and ``reader`` turns its state into
+    the row's steering: an :class:`~expertsteer.condition.ExpertProbe` into ``g(p)`` in
+    [-1, 1], which scales the job's α; a :class:`~expertsteer.learned.LearnedMap` into the
+    row's own delta, which becomes the job's plan."""
 
-    probe: Any
+    reader: Any
     expert: LoadedModel | None  # None fails the row's batch (ExpertMissingError), never unsteers
     text: str | None
+
+    @property
+    def learned(self) -> bool:
+        from ..learned import LearnedMap  # only for rows that read: it brings in scikit-learn
+
+        return isinstance(self.reader, LearnedMap)
 
 
 def read_strengths(
@@ -94,6 +103,17 @@ def read_strengths(
     return probe.probability(states).tolist(), probe.strengths(states).tolist()
 
 
+def read_plans(
+    learned: Any, expert: LoadedModel | None, texts: Sequence[str | None]
+) -> tuple[list[SteeringPlan], list[float]]:
+    """A learned map's plan per text and its delta's norm, as
+    :func:`~expertsteer.learned.learned_generate` reads them (nothing cached)."""
+    if any(t is None for t in texts):
+        raise ValueError("a row the expert reads needs the text it reads")
+    deltas = learned.deltas(learned.read(expert, texts, cache=False))
+    return learned.plans_of(deltas), deltas.norm(dim=1).tolist()
+
+
 _ids = itertools.count()
 
 
@@ -103,7 +123,9 @@ class Job:
 
     ``scope`` is a parsed :class:`TokenScope` (parse user text at the boundary, e.g. with
     ``TokenScope.parse``); ``alpha`` scales the plan's per-layer α of this row, times the
-    expert's ``g(p)`` when ``condition`` is set (the worker fills ``p`` and ``strength``).
+    expert's ``g(p)`` when ``condition`` holds a probe (the worker fills ``p`` and
+    ``strength``). With a learned map's ``condition`` the job has no plan of its own: the
+    worker sets ``plan`` (and ``delta_norm``) from the expert's reading.
     """
 
     prompt_ids: list[int]
@@ -119,6 +141,7 @@ class Job:
     id: int = field(default_factory=lambda: next(_ids))
     p: float | None = None  # set by the worker for a conditioned job, before its batch runs
     strength: float | None = None
+    delta_norm: float | None = None  # set by the worker for a learned map's job
 
     @property
     def row_alpha(self) -> float:
@@ -126,8 +149,11 @@ class Job:
         return self.alpha if self.strength is None else self.alpha * self.strength
 
     def __post_init__(self) -> None:
-        if self.condition is not None and self.plan is None:
-            raise ValueError("a conditioned job needs the plan whose α it scales")
+        if self.condition is not None:
+            if self.condition.learned and self.plan is not None:
+                raise ValueError("a learned map's job gets its plan from the expert: plan=None")
+            if not self.condition.learned and self.plan is None:
+                raise ValueError("a conditioned job needs the plan whose α it scales")
         # checked here, in the caller's thread: a bad job must not reach the worker
         if not isinstance(self.scope, TokenScope):
             raise TypeError(
@@ -136,6 +162,11 @@ class Job:
             )
         if self.scope.kind == "positions":  # per-row positions cannot follow a row into a batch
             raise ValueError("a job's scope must be 'all', 'prompt', 'generated' or 'last:K'")
+
+    @property
+    def steered(self) -> bool:
+        """Whether the row is steered (a learned map's job before its plan is set, too)."""
+        return self.plan is not None or self.condition is not None
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share a batch (one scope per batch; a seed needs its own)."""
@@ -206,6 +237,7 @@ class Row:
                     completion_tokens=len(self.tokens) + n_extra,
                     p=self.job.p,
                     strength=self.job.strength,
+                    delta_norm=self.job.delta_norm,
                 )
             )
 
@@ -321,8 +353,8 @@ class Engine:
     def _compatible(self, batch: list[Job], job: Job) -> bool:
         if job.batch_key() != batch[0].batch_key():
             return False
-        scopes = {j.scope for j in batch if j.plan is not None}
-        return job.plan is None or not scopes or scopes == {job.scope}
+        scopes = {j.scope for j in batch if j.steered}
+        return not job.steered or not scopes or scopes == {job.scope}
 
     def _take(self, batch: list[Job]) -> None:
         """Move compatible held jobs into ``batch`` (oldest first)."""
@@ -375,16 +407,23 @@ class Engine:
 
     @staticmethod
     def _condition(jobs: Sequence[Job]) -> None:
-        """Each conditioned job's ``p`` and ``strength``: one expert read per (probe, expert)."""
+        """Each conditioned job's ``p`` and ``strength``, each learned map's job its ``plan``:
+        one expert read per (reader, expert)."""
         groups: dict[tuple[int, int], list[Job]] = {}
         for job in jobs:
             if job.condition is not None:
-                key = (id(job.condition.probe), id(job.condition.expert))
+                key = (id(job.condition.reader), id(job.condition.expert))
                 groups.setdefault(key, []).append(job)
         for group in groups.values():
             c = group[0].condition
             assert c is not None
-            p, g = read_strengths(c.probe, c.expert, [j.condition.text for j in group])
+            texts = [j.condition.text for j in group]
+            if c.learned:
+                plans, norms = read_plans(c.reader, c.expert, texts)
+                for job, plan, norm in zip(group, plans, norms):
+                    job.plan, job.delta_norm = plan, norm
+                continue
+            p, g = read_strengths(c.reader, c.expert, texts)
             for job, pk, gk in zip(group, p, g):
                 job.p, job.strength = pk, gk
 

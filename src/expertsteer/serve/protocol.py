@@ -4,8 +4,9 @@ Everything a client typed is validated here, once: numbers, stop strings, messag
 ``steering`` field, whose scope becomes a :class:`TokenScope` and whose α one float. Inner code
 (server, engine) receives only these typed values.
 
-An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) also needs the text
-its expert reads, per prompt (:attr:`Request.reads`): a completion's prompt as written, and for
+An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) and a learned map
+(:class:`~expertsteer.learned.LearnedMap`) also need the text their expert reads, per prompt
+(:attr:`Request.reads`): a completion's prompt as written, and for
 a chat request the last user message's content. Not the target's rendered chat prompt: that
 carries the *target's* template markup, which the probe never saw (it was fitted on plain texts,
 put through the expert's own template when ``probe.chat_template``), and it ends on the
@@ -25,6 +26,7 @@ from .engine import Sampling
 
 if TYPE_CHECKING:  # not imported at run time: expertsteer.condition brings in scikit-learn
     from ..condition import ConditionedPlan, ExpertProbe
+    from ..learned import LearnedMap
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -123,9 +125,11 @@ def parse_int(body: Mapping, key: str) -> int | None:
 class Steering:
     """A request's steering: no plan (unsteered), or a named plan with α and a parsed scope.
 
-    ``spec`` is the scope as the client wrote it, echoed back in the response. ``probe`` is set
-    for an expert-conditioned plan (``plan`` is then its direction): each prompt's α becomes
-    ``alpha · g(p)``, ``p`` the probe's reading of the expert's state of that prompt.
+    ``spec`` is the scope as the client wrote it, echoed back in the response. ``reader`` is
+    set for a plan the expert reads each prompt for: an expert-conditioned plan's probe
+    (``plan`` is then its direction; each prompt's α becomes ``alpha · g(p)``, ``p`` the probe's
+    reading of the expert's state of that prompt), or a learned map (``plan`` is then None:
+    each prompt's delta, from the expert's state of it, is its plan, scaled by ``alpha``).
     """
 
     plan: SteeringPlan | None = None
@@ -133,7 +137,7 @@ class Steering:
     alpha: float = 1.0
     scope: TokenScope = TokenScope("all")
     spec: str = "all"
-    probe: "ExpertProbe | None" = None
+    reader: "ExpertProbe | LearnedMap | None" = None
 
 
 def parse_scope(value: Any) -> TokenScope:
@@ -148,7 +152,9 @@ def parse_scope(value: Any) -> TokenScope:
         ) from None
 
 
-def parse_steering(value: Any, plans: "Mapping[str, SteeringPlan | ConditionedPlan]") -> Steering:
+def parse_steering(
+    value: Any, plans: "Mapping[str, SteeringPlan | ConditionedPlan | LearnedMap]"
+) -> Steering:
     """The ``steering`` body field: ``{"plan": NAME, "alpha": 1.0, "scope": "all"}`` or null."""
     if value is None:
         return Steering()
@@ -181,9 +187,13 @@ def parse_steering(value: Any, plans: "Mapping[str, SteeringPlan | ConditionedPl
         )
     spec = value.get("scope", "all")
     plan = plans[name]
-    if not isinstance(plan, SteeringPlan):  # a ConditionedPlan: a direction and a probe
-        return Steering(plan.plan, name, float(alpha), parse_scope(spec), spec, plan.probe)
-    return Steering(plan, name, float(alpha), parse_scope(spec), spec)
+    if isinstance(plan, SteeringPlan):
+        return Steering(plan, name, float(alpha), parse_scope(spec), spec)
+    from ..artifacts import expert_reader  # a plan the expert reads for: already loaded
+
+    reader = expert_reader(plan)
+    direction = None if reader is plan else plan.plan  # a learned map's deltas are its plan
+    return Steering(direction, name, float(alpha), parse_scope(spec), spec, reader)
 
 
 def parse_stop(value: Any) -> tuple[str, ...]:
@@ -309,7 +319,7 @@ def parse_request(
     chat: bool,
     lm: LoadedModel,
     model_id: str,
-    plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
+    plans: "Mapping[str, SteeringPlan | ConditionedPlan | LearnedMap]",
     max_tokens: int = DEFAULT_MAX_TOKENS,
     context: int | None = None,
 ) -> Request:
@@ -343,11 +353,11 @@ def parse_request(
     if not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     steering = parse_steering(body.get("steering"), plans)
-    if steering.probe is not None and None in reads:
+    if steering.reader is not None and None in reads:
         raise ApiError(
             400,
-            f"plan {steering.name!r} is expert-conditioned: its expert reads the last user "
-            "message, and these messages have none",
+            f"plan {steering.name!r} reads each prompt with the expert: its expert reads the "
+            "last user message, and these messages have none",
             param="messages",
         )
     return Request(

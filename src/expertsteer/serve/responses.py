@@ -30,19 +30,22 @@ def usage(finals: Iterable[Event]) -> dict[str, int]:
 
 def steering_echo(steering: Steering) -> dict[str, Any]:
     """The ``steering`` field of a response: what was applied (the scope as the client wrote it);
-    for an expert-conditioned plan also the expert that judged each prompt (its per-choice
-    strengths: :func:`choice_steering`)."""
-    if steering.plan is None:
+    for a plan the expert reads for also that expert (its per-choice strengths or deltas:
+    :func:`choice_steering`)."""
+    if steering.plan is None and steering.reader is None:  # a learned map's rows have no plan
         return {"steering": None}
     echo = {"plan": steering.name, "alpha": steering.alpha, "scope": steering.spec}
-    if steering.probe is not None:
-        echo["expert"] = steering.probe.expert.name
+    if steering.reader is not None:
+        echo["expert"] = steering.reader.expert.name
     return {"steering": echo}
 
 
 def choice_steering(steering: Steering, final: Event | None) -> dict[str, Any]:
     """A conditioned choice's own ``steering`` field: the probe's ``p``, ``strength`` = g(p)
-    and the ``alpha`` its prompt was steered with (the request's α times g(p)); else nothing."""
+    and the ``alpha`` its prompt was steered with (the request's α times g(p)); a learned map's
+    choice: its delta's norm (``delta_norm``, before α); else nothing."""
+    if final is not None and final.delta_norm is not None:
+        return {"steering": {"delta_norm": final.delta_norm, "alpha": steering.alpha}}
     if final is None or final.strength is None:
         return {}
     alpha = steering.alpha * final.strength

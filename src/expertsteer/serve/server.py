@@ -4,11 +4,12 @@ A parsed :class:`~.protocol.Request` becomes one engine :class:`~.engine.Job` pe
 jobs' events (from the engine's worker thread) come back on an asyncio queue and are shaped
 into a whole response or a stream of chunks. Testable without HTTP.
 
-An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) is registered like a
-static one; the server then holds its ``expert`` beside the target (checked against the probe
-at start-up), and each of the plan's jobs carries a :class:`~.engine.Conditioning`: the engine
-has the expert read the prompt (:attr:`.protocol.Request.reads`) and steers that row with the
-request's α times g(p).
+An expert-conditioned plan (:class:`~expertsteer.condition.ConditionedPlan`) or a learned map
+(:class:`~expertsteer.learned.LearnedMap`) is registered like a static plan; the server then
+holds its ``expert`` beside the target (checked against the probe or the map at start-up), and
+each of the plan's jobs carries a :class:`~.engine.Conditioning`: the engine has the expert read
+the prompt (:attr:`.protocol.Request.reads`) and steers that row with the request's α times
+g(p), or with the map's delta for that prompt times the request's α.
 """
 
 import asyncio
@@ -25,16 +26,17 @@ from .protocol import DEFAULT_MAX_TOKENS, ApiError, Request, parse_request
 
 if TYPE_CHECKING:
     from ..condition import ConditionedPlan
+    from ..learned import LearnedMap
 
 
 class SteeringServer:
     """One target model, its named steering plans, and the engine that runs their requests;
-    ``expert``: the model expert-conditioned plans need (one, shared by all of them)."""
+    ``expert``: the model expert-conditioned plans and learned maps need (one, shared)."""
 
     def __init__(
         self,
         lm: LoadedModel,
-        plans: "Mapping[str, SteeringPlan | ConditionedPlan]",
+        plans: "Mapping[str, SteeringPlan | ConditionedPlan | LearnedMap]",
         *,
         expert: LoadedModel | None = None,
         model_id: str | None = None,
@@ -46,17 +48,23 @@ class SteeringServer:
         if lm.kind != "causal":
             raise ValueError(f"{lm.name} is an encoder; serving needs a causal LM")
         for name, plan in plans.items():
-            # a ConditionedPlan: its direction is checked on the target, its probe on the expert
-            direction = plan if isinstance(plan, SteeringPlan) else plan.plan
+            # a ConditionedPlan: its direction is checked on the target, its probe on the
+            # expert; a LearnedMap: itself on both
+            reader = None
+            if not isinstance(plan, SteeringPlan):
+                from ..artifacts import expert_reader
+
+                reader = expert_reader(plan)
+            direction = plan if reader is None or reader is plan else plan.plan
             try:
                 direction.check_target(lm, strict=strict)
             except ValueError as exc:
                 raise ValueError(f"plan {name!r}: {exc}") from exc
-            if direction is not plan:
+            if reader is not None:
                 from ..condition import ExpertMissingError
 
                 try:
-                    plan.probe.check_expert(expert)
+                    reader.check_expert(expert)
                 except ExpertMissingError as exc:
                     raise ExpertMissingError(f"plan {name!r}: {exc}") from exc
         self.lm, self.plans, self.expert = lm, dict(plans), expert
@@ -112,8 +120,8 @@ class SteeringServer:
                 with contextlib.suppress(RuntimeError):  # the loop is gone: server shut down
                     loop.call_soon_threadsafe(events.put_nowait, (i, ev))
 
-            probe = req.steering.probe
-            condition = None if probe is None else Conditioning(probe, self.expert, req.reads[i])
+            reader = req.steering.reader
+            condition = None if reader is None else Conditioning(reader, self.expert, req.reads[i])
             job = Job(
                 prompt_ids=ids,
                 max_new_tokens=req.max_tokens,

@@ -29,12 +29,20 @@ def plan_payload(plan: Any) -> dict[str, Any]:
 
 def load_plan(value: Any) -> Any:
     """A plan object as it is, or a saved plan folder (static or expert-conditioned)."""
-    from ..condition import ConditionedPlan, load_plan
+    from ..artifacts import load_plan
+    from ..condition import ConditionedPlan
+    from ..learned import LearnedMap
     from ..plan import SteeringPlan
 
-    if isinstance(value, SteeringPlan | ConditionedPlan):
-        return value
-    return load_plan(value)
+    plan = value if isinstance(value, SteeringPlan | ConditionedPlan | LearnedMap) else None
+    plan = load_plan(value) if plan is None else plan
+    if isinstance(plan, LearnedMap):
+        raise ValueError(
+            "a learned map (learned_map.json) adds a per-prompt delta, which the vLLM backend "
+            "does not apply yet: use it on the HF path (expertsteer generate/serve --engine hf, "
+            "expertsteer.learned.learned_generate)"
+        )
+    return plan
 
 
 def is_conditioned(plan: Any) -> bool:
