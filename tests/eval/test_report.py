@@ -129,12 +129,13 @@ def test_markdown_generation_table_only_when_scored():
     assert "generation (alias match)" not in markdown_table(make_report())
     report = make_report()
     report["methods"][2].update(generation_score=0.25, generation_ci95=[0.1, 0.5])
+    report["methods"][2].update(generation_p_vs_none=0.0004, generation_p_adjusted=0.0008)
     report["methods"][4].update(generation_score=1 / 3, generation_ci95=[0.0, None])
     assert section(markdown_table(report), "| method | generation") == [
-        "| method | generation (alias match) | 95 % CI |",
-        "|---|---|---|",
-        "| mean-diff | 0.250 | [0.100, 0.500] |",
-        "| expertsteer:ae:lowest | 0.333 | [0.000, -] |",
+        "| method | generation (alias match) | 95 % CI | p none | Holm |",
+        "|---|---|---|---|---|",
+        "| mean-diff | 0.250 | [0.100, 0.500] | <0.001 | <0.001 |",
+        "| expertsteer:ae:lowest | 0.333 | [0.000, -] | - | - |",
     ]
 
 

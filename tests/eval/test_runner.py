@@ -266,3 +266,26 @@ def test_concept_transfer_runs_only_when_asked(tmp_path, monkeypatch):
         )
         assert run_eval(config, progress=False).report["concept_transfer"] is None
         assert len(calls) == int(concept)
+
+
+def test_generation_rows_pool_seeds_with_exact_paired_tests_holm_adjusted():
+    """Hand-computed: pooled over two seeds, 'a' is right on 3 items where none is wrong and
+    never the reverse (McNemar 2 · 0.5³ = 0.25), 'b' wrong on 1 where none is right (p 1);
+    Holm over the two: 0.5 and 1."""
+    from expertsteer.eval.runner import _generation_rows
+
+    runs = [
+        {"seed": 0, "generation": {"none": np.array([0.0, 0, 1, 0]), "a": np.array([1.0, 1, 1, 0]),
+                                   "b": np.array([0.0, 0, 1, 0])}},
+        {"seed": 1, "generation": {"none": np.array([0.0, 1]), "a": np.array([1.0, 1]),
+                                   "b": np.array([0.0, 0])}},
+    ]  # fmt: skip
+    rows = [{"name": "none"}, {"name": "a"}, {"name": "b"}, {"name": "expert"}]
+    _generation_rows(rows, runs)
+    none, a, b, expert = rows
+    assert none["generation_score"] == 2 / 6 and "generation_p_vs_none" not in none
+    assert a["generation_score"] == 5 / 6 and b["generation_score"] == 1 / 6
+    assert a["generation_p_vs_none"] == 0.25 and b["generation_p_vs_none"] == 1.0
+    assert a["generation_p_adjusted"] == 0.5 and b["generation_p_adjusted"] == 1.0
+    assert expert == {"name": "expert"}  # not scored by generation
+    assert len(a["generation_ci95"]) == 2

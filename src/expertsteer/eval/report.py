@@ -112,12 +112,21 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += ["", LEGEND, ""]
     lines += [f"- **{r['name']}**: {r['verdict']}" for r in report["methods"] if "verdict" in r]
     if any("generation_score" in r for r in report["methods"]):
-        lines += ["", "| method | generation (alias match) | 95 % CI |", "|---|---|---|"]
+        lines += [
+            "",
+            "Greedy answers (32 tokens, first line) scored by alias match; p: exact McNemar vs "
+            "`none`'s answers on the same items, Holm-adjusted across the methods scored.",
+            "",
+            "| method | generation (alias match) | 95 % CI | p none | Holm |",
+            "|---|---|---|---|---|",
+        ]
         for r in report["methods"]:
             if "generation_score" in r:
                 lo, hi = r["generation_ci95"]
+                p, adj = r.get("generation_p_vs_none"), r.get("generation_p_adjusted")
                 lines.append(
-                    f"| {r['name']} | {_fmt(r['generation_score'])} | [{_fmt(lo)}, {_fmt(hi)}] |"
+                    f"| {r['name']} | {_fmt(r['generation_score'])} | [{_fmt(lo)}, {_fmt(hi)}] "
+                    f"| {_p(p)} | {_p(adj)} |"
                 )
     concept = report.get("concept_transfer")
     if concept:

@@ -42,7 +42,7 @@ from .learned import trained_row
 from .methods import DEFAULT_PAIRINGS, parse_methods, resolve
 from .scorer import Scorer, zero_shot
 from .scoring import generation_scores
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, holm, mcnemar_p
 from .summary import Run, summarise
 from .tasks import Task, load_task
 
@@ -185,11 +185,7 @@ def run_eval(
             seed=config.seeds[0],
         )
     rows = summarise(runs)
-    for row in rows:
-        if row["name"] in first["generation"]:
-            gen = [r["generation"][row["name"]] for r in runs]
-            row["generation_score"] = float(np.concatenate(gen).mean())
-            row["generation_ci95"] = list(bootstrap_ci(np.concatenate(gen), seed=first["seed"]))
+    _generation_rows(rows, runs)
     models = _pooled_models(runs)
     _gap_closed(rows, models)
     norms = Counter(r["norm"] for r in runs)
@@ -224,6 +220,27 @@ def run_eval(
         plans=steering,
         mi_plan=mi_plan if mi_plan is not None and mi_plan.mi_matrix is not None else None,
     )
+
+
+def _generation_rows(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
+    """Generation scores pooled over seeds, with the exact McNemar test against ``none``'s
+    greedy answers on the same items, Holm-adjusted across the methods scored."""
+    if not runs[0]["generation"]:
+        return
+    pooled = {
+        name: np.concatenate([r["generation"][name] for r in runs])
+        for name in runs[0]["generation"]
+    }
+    scored = [row for row in rows if row["name"] in pooled]
+    for row in scored:
+        gen = pooled[row["name"]]
+        row["generation_score"] = float(gen.mean())
+        row["generation_ci95"] = list(bootstrap_ci(gen, seed=runs[0]["seed"]))
+        if "none" in pooled and row["name"] != "none":
+            row["generation_p_vs_none"] = mcnemar_p(gen, pooled["none"])
+    tested = [row for row in scored if "generation_p_vs_none" in row]
+    for row, p in zip(tested, holm([row["generation_p_vs_none"] for row in tested])):
+        row["generation_p_adjusted"] = p
 
 
 def _gap_closed(rows: list[dict[str, Any]], models: dict[str, Any]) -> None:
