@@ -12,7 +12,7 @@ from expertsteer.cli import app
 from expertsteer.cli.serve import LOOPBACK
 from expertsteer.condition import ConditionedPlan, ExpertProbe
 from expertsteer.plan import ModelInfo
-from tiny import plan_with_norms, tiny_model
+from tiny import plan_with_norms, planted_map, tiny_model
 
 
 def test_cli_serve_checks_plan_specs(tmp_path):
@@ -145,3 +145,16 @@ def test_vllm_engine_refuses_an_expert_before_anything_starts(monkeypatch):
     argv = ["serve", "--target", "x", "--engine", "vllm", "--expert", "y"]
     res = CliRunner().invoke(app, argv)
     assert res.exit_code == 2 and "vLLM's server does not read an expert" in flat(res)
+
+
+def test_vllm_engine_refuses_a_learned_map_before_anything_starts(monkeypatch, tmp_path):
+    def never(*args, **kwargs):
+        raise AssertionError("the vLLM server was started")
+
+    monkeypatch.setattr("expertsteer.vllm_backend.serve_vllm", never)
+    target, expert = tiny_model("llama"), tiny_model("gpt2", seed=1)
+    planted_map(target, expert).save_pretrained(tmp_path / "map")
+    argv = ["serve", "--target", "x", "--engine", "vllm", "--steer", f"m={tmp_path / 'map'}"]
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 2, res.output
+    assert "m: a learned map adds a per-prompt delta" in flat(res) and "--engine hf" in flat(res)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from . import args
@@ -50,7 +52,16 @@ def serve(
     if engine not in ("hf", "vllm"):
         raise typer.BadParameter(f"{engine!r} is not hf or vllm", param_hint="--engine")
     if engine == "vllm":
+        from ..learned import CONFIG as LEARNED_MAP
         from ..vllm_backend import serve_argv, serve_vllm
+
+        maps = sorted(n for n, d in folders.items() if (Path(d) / LEARNED_MAP).is_file())
+        if maps:
+            raise typer.BadParameter(
+                f"{', '.join(maps)}: a learned map adds a per-prompt delta, which the vLLM "
+                "backend does not apply yet; serve it with --engine hf",
+                param_hint="--steer",
+            )
 
         if expert is not None:
             raise typer.BadParameter(
