@@ -164,3 +164,24 @@ def test_the_expert_and_the_target_are_checked(pair):
     m.check_target(target)
     with pytest.raises(ValueError, match="plan was fitted for"):
         m.check_target(expert)
+
+
+def test_the_start_is_the_ridge_map_on_standardised_states_at_unit_rms():
+    """Full rank: up @ down is the ridge map moved onto z (init · diag(std)) divided by its
+    RMS output on the rows; rank 1 keeps its top singular direction."""
+    from expertsteer.learned import _init_factors
+
+    g = torch.Generator().manual_seed(0)
+    init, x = torch.randn(6, 5, generator=g), torch.randn(20, 5, generator=g) * 3 + 1
+    std = x.std(0)
+    z = (x - x.mean(0)) / std
+    up, down = _init_factors(init, z, std, rank=5)
+    rms = float((z @ (init * std).T).pow(2).sum(1).mean().sqrt())
+    torch.testing.assert_close(up @ down, init * std / rms, rtol=1e-5, atol=1e-6)
+    assert float((z @ down.T @ up.T).pow(2).sum(1).mean().sqrt()) == pytest.approx(1.0, abs=1e-5)
+    up1, down1 = _init_factors(init, z, std, rank=1)
+    u, _, vh = torch.linalg.svd(init * std)
+    assert abs(float(up1[:, 0] @ u[:, 0])) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(torch.nn.functional.cosine_similarity(down1[0], vh[0], dim=0))) == (
+        pytest.approx(1.0, abs=1e-5)
+    )

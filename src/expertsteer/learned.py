@@ -290,12 +290,7 @@ class LearnedMapFit(HyperParams):
         x = states.float()
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
         z = (x - mean) / std
-        # Ridge map on standardised inputs, truncated; scaled so that up @ down @ z has unit
-        # RMS over the train rows (scale is then a fraction of ρ_j, like α_j).
-        u, s, vh = torch.linalg.svd(init.float() * std, full_matrices=False)
-        up, down = u[:, : self.rank].clone(), s[: self.rank, None] * vh[: self.rank]
-        rms = float((z @ down.T @ up.T).pow(2).sum(1).mean().sqrt())
-        down = down / max(rms, 1e-12)
+        up, down = _init_factors(init, z, std, self.rank)
         params = {
             "up": up.requires_grad_(),
             "down": down.requires_grad_(),
@@ -347,6 +342,16 @@ class LearnedMapFit(HyperParams):
         self.history_ = history
         self.map_ = replace(chosen, metrics={"epoch": epoch, "rank": self.rank, "history": history})
         return self
+
+
+def _init_factors(init: Tensor, z: Tensor, std: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """``up`` ``[d_t, r]``, ``down`` ``[r, d_e]``: the ridge map ``init`` (on raw states) moved
+    onto standardised inputs ``z`` and truncated to rank ``r``, scaled so that
+    ``up @ down @ z`` has unit RMS over the rows (``scale`` is then a fraction of ρ_j)."""
+    u, s, vh = torch.linalg.svd(init.float() * std, full_matrices=False)
+    up, down = u[:, :rank].clone(), s[:rank, None] * vh[:rank]
+    rms = float((z @ down.T @ up.T).pow(2).sum(1).mean().sqrt())
+    return up, down / max(rms, 1e-12)
 
 
 def _answer_nll(
