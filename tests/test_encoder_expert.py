@@ -296,7 +296,7 @@ def test_real_conditioned_fit_on_an_encoder_expert(real_models, real_task, real_
 
 
 @pytest.mark.real
-def test_real_trained_map_on_an_encoder_expert(real_models, real_task, real_fit):
+def test_real_trained_map_on_an_encoder_expert(real_models, real_task, real_fit, tmp_path):
     """A map trained through smollm2-135m from minilm-l6's reading of each tweet fits the items
     it was trained on (the right answers' loss falls), with a delta of its own per input."""
     from expertsteer.eval.scoring import scored_pair
@@ -323,3 +323,13 @@ def test_real_trained_map_on_an_encoder_expert(real_models, real_task, real_fit)
     d = m.deltas(h)
     cos = torch.nn.functional.cosine_similarity(d[:, None], d[None], dim=-1)
     assert float(cos.min()) < 0.9  # not one static direction
+    # saved, read back by load_plan and generating: exactly the map's per-prompt plans
+    from expertsteer.artifacts import load_plan
+    from expertsteer.learned import learned_generate
+    from expertsteer.steer import generate
+
+    back = load_plan(m.save_pretrained(tmp_path / "map"))
+    prompts = [it.prompt for it in items[:4]]
+    kw = dict(max_new_tokens=4, chat_template=False)
+    got = learned_generate(target, expert, prompts, back, **kw)
+    assert got == generate(target, prompts, plan=m.plans(m.read(expert, prompts)), **kw)
