@@ -224,3 +224,44 @@ def test_same_seed_bit_identical_plans_cli(tmp_path):
         )
         assert result.exit_code == 0, result.output
     plan_files_equal(tmp_path / "plan-a", tmp_path / "plan-b")
+
+
+def test_cli_fit_condition_saves_the_experts_probe_beside_the_same_plan(tmp_path):
+    """--condition: the same static plan (same seed), plus a probe on the expert fitted on 80 %
+    of the examples; load_plan reads a ConditionedPlan. A target-only method conditioned on the
+    expert keeps its own direction; without --expert it is a usage error before any load."""
+    from expertsteer.artifacts import load_plan
+    from expertsteer.condition import ConditionedPlan
+    from expertsteer.models import load_model
+
+    expert, target = save_models(tmp_path)
+    small, align = write_inputs(tmp_path)  # 24 examples: too few to hold out 20 %
+    res = CliRunner().invoke(
+        app, [*fit_args(expert, target, small, align, tmp_path / "s"), "--condition"]
+    )
+    assert res.exit_code == 1 and "need >= 4 of each label" in flat(res)
+    assert "give more examples" in flat(res) and not (tmp_path / "s").exists()
+    data = tmp_path / "more.jsonl"
+    write_jsonl(data, [{"text": e.text, "label": e.label} for e in synthetic(60).examples])
+    args = fit_args(expert, target, data, align, tmp_path / "static")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    res = CliRunner().invoke(
+        app, [*fit_args(expert, target, data, align, tmp_path / "c"), "--condition"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"conditioned on {expert}: probe at block" in flat(res)
+    cplan, static = load_plan(tmp_path / "c"), SteeringPlan.from_pretrained(tmp_path / "static")
+    assert isinstance(cplan, ConditionedPlan)
+    assert cplan.plan.layers == static.layers
+    for j in static.layers:
+        assert cplan.plan.vectors[j].equal(static.vectors[j])
+    assert cplan.probe.expert.fingerprint == load_model(expert).fingerprint
+    assert 0.0 <= cplan.probe.metrics["val_auc"] <= 1.0
+    own = ["fit", "--method", "mean-diff", "--target", str(target), "--data", str(data)]
+    own += ["--out", str(tmp_path / "own"), "--pairs", "2", "--condition"]
+    refused = CliRunner().invoke(app, own)
+    assert refused.exit_code == 2 and "name the expert with --expert" in flat(refused)
+    done = CliRunner().invoke(app, [*own, "--expert", str(expert)])
+    assert done.exit_code == 0, done.output
+    judged = load_plan(tmp_path / "own")
+    assert isinstance(judged, ConditionedPlan) and judged.plan.method == "mean-diff"

@@ -1,5 +1,6 @@
 """``expertsteer fit``: a steering plan (ExpertSteer or a target-only baseline), saved, with a
-summary table of what was fitted."""
+summary table of what was fitted; with ``--condition``, the expert's probe beside it (an
+expert-conditioned plan, :class:`~expertsteer.condition.ConditionedPlan`)."""
 
 from __future__ import annotations
 
@@ -91,9 +92,21 @@ def fit(
     position: str = typer.Option("last", help=f"Read position: {' or '.join(READ_POSITIONS)}."),
     alpha_scale: float = typer.Option(0.15, help="Default α as a fraction of the layer norm."),
     limit: int = typer.Option(None, help="Use at most N examples (balanced)."),
+    condition_on: bool = typer.Option(
+        False,
+        "--condition/--no-condition",
+        help="Also fit the expert's probe (needs --expert): each input's α becomes α·g(p), the "
+        "expert reading the input. The probe is fitted on 80 % of the examples (last token), "
+        "its block and calibration chosen on the other 20 %; saved as probe.json beside the plan.",
+    ),
     seed: int = typer.Option(0),
 ) -> None:
-    """Fit a steering plan (ExpertSteer or a target-only baseline) and save it."""
+    """Fit a steering plan (ExpertSteer or a target-only baseline) and save it.
+
+    With --condition the plan becomes expert-conditioned: `expertsteer generate` / `serve` load
+    the expert beside the target and scale each input's α by the probe's reading of it. The
+    direction stays the plan's (ExpertSteer's transferred vector, or a target-only method's own:
+    "the expert judges, the target's direction acts")."""
     # Everything typed is parsed before the data or a model is loaded.
     args.choice(method, FIT_METHODS, "--method")
     args.choice(aligner, ALIGNERS, "--aligner")
@@ -105,6 +118,11 @@ def fit(
     texts = args.align_texts(align_data) if method == "expertsteer" else None
     if not math.isfinite(alpha_scale):
         raise typer.BadParameter("must be a finite number", param_hint="--alpha-scale")
+    if condition_on and expert is None:
+        raise typer.BadParameter(
+            "--condition fits the expert's probe: name the expert with --expert",
+            param_hint="--condition",
+        )
 
     from ..data import load_data
     from ..mi import plot_mi_matrix
@@ -139,7 +157,8 @@ def fit(
             alpha_scale=alpha_scale,
             seed=seed,
         )
-    plan.save_pretrained(out)
+    saved = plan if not condition_on else _conditioned(plan, expert, dataset, seed)
+    saved.save_pretrained(out)
     if plan.mi_matrix is not None:
         plot_mi_matrix(
             plan.mi_matrix,
@@ -149,3 +168,33 @@ def fit(
             pairs=plan.pairs,
         )
     plan_summary(plan, out)
+    if saved is not plan:
+        probe = saved.probe
+        console.print(
+            f"conditioned on {probe.expert.name}: probe at block {probe.layer} (train AUC "
+            f"{probe.metrics.get('train_auc', float('nan')):.3f}, validation AUC "
+            f"{probe.metrics.get('val_auc', float('nan')):.3f}), g = {probe.strength}"
+        )
+
+
+def _conditioned(plan: SteeringPlan, expert: str, dataset, seed: int):
+    """``plan`` with the expert's probe fitted on 80 % of ``dataset``, chosen and calibrated on
+    the rest (stratified by label, seeded)."""
+    from ..condition import condition
+    from ..models import load_model
+
+    train, val = dataset.split((0.8, 0.2), seed=seed)
+    expert_lm = load_model(expert)
+    try:
+        return condition(
+            plan,
+            expert_lm,
+            (train.texts, [int(y) for y in train.labels]),
+            (val.texts, [int(y) for y in val.labels]),
+            progress=True,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; --condition holds out 20 % of the {len(dataset)} examples for the probe's "
+            "validation: give more examples"
+        ) from exc
