@@ -46,3 +46,27 @@ def test_an_unknown_format_is_a_usage_error_listing_the_formats(tmp_path):
     formats = ", ".join(EXPORT_FORMATS.names)
     assert f"Invalid value for --format: must be one of {formats}, not 'onnx'" in flat(result)
     assert not (tmp_path / "v.x").exists()
+
+
+def test_a_conditioned_plan_needs_direction_only_and_a_learned_map_is_refused(tmp_path):
+    """Fixed-vector files cannot carry a per-input strength or delta: a conditioned plan is
+    refused unless --direction-only (then exactly its direction is written), a map always."""
+    from expertsteer.condition import ConditionedPlan, ExpertProbe
+    from expertsteer.plan import ModelInfo
+    from tiny import planted_map, unit
+
+    target, expert = tiny_model("llama", n_layers=4), tiny_model("gpt2", seed=1)
+    plan = export_plan(target)
+    probe = ExpertProbe(ModelInfo.of(expert), 1, unit(expert.hidden_size, 2), 0.0)
+    ConditionedPlan(plan, probe).save_pretrained(tmp_path / "cond")
+    planted_map(target, expert).save_pretrained(tmp_path / "map")
+    out = tmp_path / "v.gguf"
+    args = ["export", "--format", "gguf", "--out", str(out), "--steer"]
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "cond")])
+    assert res.exit_code == 2 and "is expert-conditioned" in flat(res)
+    assert "--direction-only" in flat(res) and not out.exists()
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "cond"), "--direction-only"])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(read_gguf(out)[0][3], plan.steering_vectors()[3])
+    res = CliRunner().invoke(app, [*args, str(tmp_path / "map")])
+    assert res.exit_code == 2 and "holds a learned map" in flat(res)

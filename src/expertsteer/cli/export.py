@@ -35,12 +35,24 @@ def export(
         help="lm-eval: the model whose module names the file uses (catalog name or folder; "
         "default: the plan's target). Only its config is read.",
     ),
+    direction_only: bool = typer.Option(
+        False,
+        "--direction-only",
+        help="For an expert-conditioned plan: export its static direction alone (the files "
+        "hold fixed vectors; the probe's per-input α is dropped).",
+    ),
 ) -> None:
     """Write a plan for another tool: a llama.cpp control vector (`llama-cli --control-vector
-    FILE`) or an lm-evaluation-harness steering file (`lm_eval --model steered`)."""
+    FILE`) or an lm-evaluation-harness steering file (`lm_eval --model steered`).
+
+    Both hold fixed vectors, so an expert-conditioned plan is refused unless --direction-only
+    (then its direction is written, without the expert's per-input strength), and a learned map
+    (one delta per input) is refused."""
     import inspect
 
-    from ..plan import SteeringPlan
+    from ..artifacts import load_plan
+    from ..condition import ConditionedPlan
+    from ..learned import LearnedMap
 
     name = args.choice(format, EXPORT_FORMATS, "--format")
     writer = EXPORT_FORMATS[name]
@@ -51,7 +63,23 @@ def export(
             raise typer.BadParameter(
                 f"--format {name} takes no {FORMAT_OPTIONS[key]}", param_hint=FORMAT_OPTIONS[key]
             )
-    plan = SteeringPlan.from_pretrained(steer)
+    plan = load_plan(steer)
+    if isinstance(plan, LearnedMap):
+        raise typer.BadParameter(
+            f"{steer} holds a learned map: it adds its own delta per input, which a {name} file "
+            "of fixed vectors cannot carry; use it with expertsteer generate / serve",
+            param_hint="--steer",
+        )
+    if isinstance(plan, ConditionedPlan):
+        if not direction_only:
+            raise typer.BadParameter(
+                f"{steer} is expert-conditioned: its α is set per input by the expert's probe, "
+                f"which a {name} file of fixed vectors cannot carry. Pass --direction-only to "
+                "export its direction alone (unconditioned), or use it with expertsteer "
+                "generate / serve",
+                param_hint="--steer",
+            )
+        plan = plan.plan
     options = {k: v for k, v in given.items() if k in accepted}
     if name == "lm-eval":
         from ..export_lmeval import hookpoints, model_skeleton, steered_model_args
