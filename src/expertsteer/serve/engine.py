@@ -86,7 +86,8 @@ class Conditioning:
     text: str | None
 
     @property
-    def learned(self) -> bool:
+    def per_input_delta(self) -> bool:
+        """Whether the reader is a learned map (the row's plan is its own delta)."""
         from ..learned import LearnedMap  # only for rows that read: it brings in scikit-learn
 
         return isinstance(self.reader, LearnedMap)
@@ -150,9 +151,9 @@ class Job:
 
     def __post_init__(self) -> None:
         if self.condition is not None:
-            if self.condition.learned and self.plan is not None:
+            if self.condition.per_input_delta and self.plan is not None:
                 raise ValueError("a learned map's job gets its plan from the expert: plan=None")
-            if not self.condition.learned and self.plan is None:
+            if not self.condition.per_input_delta and self.plan is None:
                 raise ValueError("a conditioned job needs the plan whose α it scales")
         # checked here, in the caller's thread: a bad job must not reach the worker
         if not isinstance(self.scope, TokenScope):
@@ -418,7 +419,7 @@ class Engine:
             c = group[0].condition
             assert c is not None
             texts = [j.condition.text for j in group]
-            if c.learned:
+            if c.per_input_delta:
                 plans, norms = read_plans(c.reader, c.expert, texts)
                 for job, plan, norm in zip(group, plans, norms):
                     job.plan, job.delta_norm = plan, norm
