@@ -1,5 +1,6 @@
 """The Python entry point: defaults, refusals, and expert-conditioned plans (the expert read on
-the HF side, each request's α scaled by its probe) equal to the HF path's conditioned_generate."""
+the HF side, each request's α scaled by its probe) equal to the HF path's conditioned_generate;
+learned maps (each request carrying its own delta) equal to the HF path with the same deltas."""
 
 from pathlib import Path
 
@@ -105,3 +106,40 @@ def test_conditioned_plan_needs_its_expert(lm, llm, plans):
     finally:
         llm.expert = expert
     assert llm.info()[0]["plans"] == {"rand": [8, 15], "other": [5, 20]}  # nothing replaced
+
+
+@pytest.mark.real
+@needs_vllm
+def test_learned_map_equals_hf_with_the_same_deltas(lm, llm, plans):
+    """Each request's own delta (the expert, SmolLM2 itself here, reading the prompt) reaches
+    the workers: token for token the HF path steered with those deltas; a static request in
+    the same batch keeps its plan; a map's default is applied at the front only."""
+    import dataclasses
+
+    from expertsteer.learned import learned_generate
+    from expertsteer.steer import generate
+    from tiny import planted_map
+
+    m = planted_map(lm, lm, layer=10)
+    norms = m.deltas(m.read(lm, PROMPTS, cache=False)).norm(dim=1)
+    m = dataclasses.replace(m, scale=20.0 / float(norms.mean()))  # deltas of norm ~20
+    llm.set_plans({**plans, "map": m})
+    try:
+        d = llm.deltas("map", PROMPTS)
+        torch.testing.assert_close(d, m.deltas(m.read(lm, PROMPTS, cache=False)))
+        kw = dict(chat_template=False, max_new_tokens=N)
+        got = llm.generate(PROMPTS, {"plan": "map", "alpha": 2.0}, max_tokens=N)
+        assert got == generate(lm, PROMPTS, plan=m.plans_of(d), alpha=2.0, **kw)
+        assert got != generate(lm, PROMPTS, **kw)  # the deltas steer
+        assert got == learned_generate(lm, lm, PROMPTS, m, alpha=2.0, **kw)  # up to float reads
+        mixed = llm.generate(PROMPTS[:2], [{"plan": "map"}, {"plan": "rand", "alpha": 40.0}],
+                             max_tokens=N)  # fmt: skip
+        assert mixed[0] == generate(lm, PROMPTS[:1], plan=m.plans_of(d[:1]), **kw)[0]
+        assert mixed[1] == generate(lm, PROMPTS[1:2], plan=plans["rand"], alpha=40.0, **kw)[0]
+        with pytest.raises(ValueError, match="give text prompts"):
+            llm.generate([[1, 2, 3]], {"plan": "map"}, max_tokens=2)
+        llm.set_plans({**plans, "map": m}, {"plan": "map", "alpha": 2.0})
+        assert llm.generate(PROMPTS, max_tokens=N) == got
+        assert llm.info()[0]["default"] is None
+    finally:
+        llm.set_plans(plans, None)

@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from expertsteer.condition import ConditionedPlan, ExpertProbe
+from expertsteer.learned import LearnedMap
 from expertsteer.plan import ModelInfo, SteeringPlan
 from expertsteer.vllm_backend.spec import (
     is_conditioned,
+    is_learned,
     load_plan,
     parse_scope,
     plan_payload,
+    reads_with_expert,
     steering_spec,
 )
 from tiny import planted_map, tiny_model
@@ -74,10 +77,21 @@ def test_plan_payload_is_plain_lists_of_the_static_plan(tmp_path):
     assert load_plan(plan) is plan
 
 
-def test_a_learned_map_is_refused_with_where_it_runs(tmp_path):
+def test_a_learned_map_is_its_block_with_a_zero_vector_and_requests_bring_deltas(tmp_path):
     target, expert = tiny_model("llama"), tiny_model("gpt2", seed=1)
-    m = planted_map(target, expert)
+    m = planted_map(target, expert, layer=2)
     m.save_pretrained(tmp_path / "map")
-    for value in (m, tmp_path / "map"):
-        with pytest.raises(ValueError, match="per-prompt delta.*on the HF path"):
-            load_plan(value)
+    assert isinstance(load_plan(tmp_path / "map"), LearnedMap) and load_plan(m) is m
+    assert is_learned(m) and reads_with_expert(m) and not is_conditioned(m)
+    payload = plan_payload(m)
+    assert payload["layers"] == [2] and payload["alphas"] == [0.0]
+    assert payload["vectors"] == [[0.0] * target.hidden_size]
+    delta = {"vector": [0.5, -0.5], "norm": 3}
+    with pytest.raises(ValueError, match="unknown fields"):  # a client cannot send one
+        steering_spec({"plan": "a", "delta": delta}, ["a"])
+    got = steering_spec({"plan": "a", "delta": delta}, ["a"], delta=True)
+    assert got == {"plan": "a", "alpha": 1.0, "scope": "all", "delta": {**delta, "norm": 3.0}}
+    for bad in ({"vector": [], "norm": 1}, {"vector": [1.0], "norm": -1}, {"vector": [1.0]},
+                {"vector": [float("nan")], "norm": 1}, [1.0]):  # fmt: skip
+        with pytest.raises(ValueError, match="steering.delta must be"):
+            steering_spec({"plan": "a", "delta": bad}, ["a"], delta=True)

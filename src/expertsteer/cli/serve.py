@@ -58,8 +58,9 @@ def serve(
         maps = sorted(n for n, d in folders.items() if (Path(d) / LEARNED_MAP).is_file())
         if maps:
             raise typer.BadParameter(
-                f"{', '.join(maps)}: a learned map adds a per-prompt delta, which the vLLM "
-                "backend does not apply yet; serve it with --engine hf",
+                f"{', '.join(maps)}: a learned map needs its expert to read each prompt, and "
+                "vLLM's server does not read an expert; serve it with --engine hf, or on vLLM "
+                "from Python (SteeredLLM(..., expert=...))",
                 param_hint="--steer",
             )
 

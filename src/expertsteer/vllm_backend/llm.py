@@ -1,6 +1,6 @@
-"""The Python entry point: vLLM's ``LLM`` with named steering plans, static or
-expert-conditioned (the expert, an HF model here beside the engine, reads each prompt and sets
-that request's α before it is sent)."""
+"""The Python entry point: vLLM's ``LLM`` with named steering plans, static, expert-conditioned
+or learned maps (the expert, an HF model here beside the engine, reads each prompt and sets
+that request's α, or its own delta, before it is sent)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .spec import DEFAULT_NAME, XARG, is_conditioned, load_plan, plan_payload, steering_spec
+from .spec import (
+    DEFAULT_NAME,
+    DELTA,
+    XARG,
+    is_conditioned,
+    is_learned,
+    load_plan,
+    plan_payload,
+    reads_with_expert,
+    steering_spec,
+)
 
 EXTENSION = "expertsteer.vllm_backend.worker.SteeringWorkerExtension"
 _UNSET: Any = object()
@@ -46,7 +56,9 @@ class SteeredLLM:
     (:class:`~expertsteer.condition.ConditionedPlan`) needs ``expert`` (a loaded model or a name
     for :func:`~expertsteer.models.load_model`): each request's α becomes ``α · g(p)``, the
     expert's probe reading the prompt's text, as :func:`~expertsteer.condition.conditioned_generate`
-    does on the HF path. Other keyword arguments go to ``vllm.LLM`` (``dtype``,
+    does on the HF path; a learned map (:class:`~expertsteer.learned.LearnedMap`) too, each
+    request then carrying its own delta, as :func:`~expertsteer.learned.learned_generate`.
+    Other keyword arguments go to ``vllm.LLM`` (``dtype``,
     ``tensor_parallel_size``, ``max_model_len``, …); ``enforce_eager`` and
     ``enable_prefix_caching`` are fixed to what the hooks need.
 
@@ -83,6 +95,8 @@ class SteeredLLM:
         for plan in plans.values():
             if is_conditioned(plan):
                 plan.probe.check_expert(self.expert)  # ExpertMissingError, naming the expert
+            elif is_learned(plan):
+                plan.check_expert(self.expert)
 
     def set_plans(self, plans: Any, default: Any = None) -> list[dict[str, Any]]:
         """Replace the plans (and the default) in every worker."""
@@ -93,14 +107,14 @@ class SteeredLLM:
         if default is None and len(plans) == 1 and DEFAULT_NAME in plans:
             default = {"plan": DEFAULT_NAME}
         self.plans, self.default = plans, steering_spec(default, list(plans))
-        # A conditioned default is applied here, per prompt; the workers' default would steer
-        # a request that bypasses this front at the unscaled α.
-        worker_default = None if self._conditioned(self.default) else self.default
+        # A conditioned default (or a map's) is applied here, per prompt; the workers' default
+        # would steer a request that bypasses this front unscaled (or with no delta).
+        worker_default = None if self._reads(self.default) else self.default
         payload = {n: plan_payload(p) for n, p in self.plans.items()}
         return self.llm.collective_rpc("expertsteer_set_plans", args=(payload, worker_default))
 
-    def _conditioned(self, spec: Mapping[str, Any] | None) -> bool:
-        return spec is not None and is_conditioned(self.plans[spec["plan"]])
+    def _reads(self, spec: Mapping[str, Any] | None) -> bool:
+        return spec is not None and reads_with_expert(self.plans[spec["plan"]])
 
     def info(self) -> list[dict[str, Any]]:
         return self.llm.collective_rpc("expertsteer_info")
@@ -109,12 +123,16 @@ class SteeredLLM:
         """``SamplingParams`` (greedy unless told otherwise) carrying a request's steering;
         ``steering`` left out: the default; ``None``: unsteered. A conditioned plan's α here is
         used as given (:meth:`complete` scales it by the expert's reading first)."""
+        return self._params(_UNSET if steering is _UNSET else self._spec(steering), **kwargs)
+
+    def _params(self, spec: Any, **kwargs: Any) -> Any:
+        """``SamplingParams`` carrying an already checked spec (a map's delta included)."""
         from vllm import SamplingParams
 
         kwargs.setdefault("temperature", 0.0)
         extra = dict(kwargs.pop("extra_args", None) or {})
-        if steering is not _UNSET:
-            extra[XARG] = self._spec(steering)
+        if spec is not _UNSET:
+            extra[XARG] = spec
         return SamplingParams(extra_args=extra or None, **kwargs)
 
     def _spec(self, steering: Any) -> dict[str, Any] | None:
@@ -138,10 +156,25 @@ class SteeredLLM:
         states = cplan.probe.read(self.expert, list(prompts), cache=False)
         return cplan.probe.probability(states).tolist(), cplan.probe.strengths(states).tolist()
 
+    def deltas(self, plan: str, prompts: Sequence[str]) -> Any:
+        """Learned map ``plan``'s delta per prompt ``[n, d]``, the expert reading each prompt
+        (nothing cached on disk)."""
+        m = self.plans[plan]
+        if not is_learned(m):
+            raise ValueError(f"plan {plan!r} is not a learned map")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(
+                f"plan {plan!r} is a learned map: its expert reads the prompt's text, so give "
+                "text prompts, not token ids"
+            )
+        return m.deltas(m.read(self.expert, list(prompts), cache=False))
+
     def _resolve(
         self, prompts: Sequence[str | Sequence[int]], steering: Any
     ) -> list[dict[str, Any] | None]:
-        """One checked spec per prompt, a conditioned plan's α already times the expert's g."""
+        """One checked spec per prompt, a conditioned plan's α already times the expert's g,
+        a learned map's with its own delta (as LearnedMap.plans_of splits it: unit vector and
+        norm)."""
         n = len(prompts)
         if isinstance(steering, list):
             if len(steering) != n:
@@ -152,10 +185,17 @@ class SteeredLLM:
         specs = [None if s is None else dict(s) for s in specs]
         rows: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
-            if self._conditioned(spec):
+            if self._reads(spec):
                 rows.setdefault(spec["plan"], []).append(i)
         for name, idx in rows.items():
-            _, g = self.strengths(name, [prompts[i] for i in idx])
+            texts = [prompts[i] for i in idx]
+            if is_learned(self.plans[name]):
+                for i, d in zip(idx, self.deltas(name, texts)):
+                    n = float(d.norm())
+                    unit = d / n if n > 0 else d
+                    specs[i][DELTA] = {"vector": unit.tolist(), "norm": n}
+                continue
+            _, g = self.strengths(name, texts)
             for i, gi in zip(idx, g):
                 specs[i]["alpha"] = float(specs[i]["alpha"] * gi)
         return specs
@@ -171,9 +211,7 @@ class SteeredLLM:
         """vLLM ``RequestOutput`` per prompt. ``steering``: one for every prompt or a list with
         one per prompt (a mixed batch); prompts are text or token ids (text for a conditioned
         plan: its expert reads it)."""
-        params = [
-            self.sampling_params(spec, **sampling) for spec in self._resolve(prompts, steering)
-        ]
+        params = [self._params(spec, **sampling) for spec in self._resolve(prompts, steering)]
         inputs = [
             p if isinstance(p, str) else {"prompt_token_ids": [int(t) for t in p]} for p in prompts
         ]

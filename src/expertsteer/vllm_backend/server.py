@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .llm import EXTENSION, model_folder, named_plans
-from .spec import PLAN_NAMES_ENV, XARGS_FLAT, is_conditioned, plan_payload, steering_spec
+from .spec import PLAN_NAMES_ENV, XARGS_FLAT, plan_payload, reads_with_expert, steering_spec
 
 MIDDLEWARE = "expertsteer.vllm_backend.server.SteeringMiddleware"
 
@@ -141,12 +141,12 @@ def serve(argv: Sequence[str]) -> None:
             raise SystemExit(f"--steer takes NAME=DIR, not {item!r}")
         folders[name] = folder
     plans = named_plans(folders)
-    conditioned = sorted(n for n, p in plans.items() if is_conditioned(p))
+    conditioned = sorted(n for n, p in plans.items() if reads_with_expert(p))
     if conditioned:
         raise SystemExit(
-            f"--steer {', '.join(conditioned)}: expert-conditioned plans run on vLLM through "
-            "the Python entry point (SteeredLLM(..., expert=...)); over HTTP serve them with "
-            "the default engine (expertsteer serve --expert ...)"
+            f"--steer {', '.join(conditioned)}: expert-conditioned plans and learned maps run "
+            "on vLLM through the Python entry point (SteeredLLM(..., expert=...)); over HTTP "
+            "serve them with the default engine (expertsteer serve --expert ...)"
         )
     default = None
     if mine.default is not None:

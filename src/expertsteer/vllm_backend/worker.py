@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .spec import XARG, parse_scope, steering_spec
+from .spec import DELTA, XARG, parse_scope, steering_spec
 
 _MAX_KEYS = 64  # cached (plan, α) deltas per worker
 
@@ -52,6 +52,8 @@ class _Steering:
         self.default: dict[str, Any] | None = None
         self.deltas: OrderedDict[tuple[str, float], dict[int, torch.Tensor]] = OrderedDict()
         self.specs: dict[str, tuple[str, float, str, int] | None] = {}
+        # a learned map's request: its own delta at the map's block, built once per request
+        self.own: dict[str, dict[int, torch.Tensor]] = {}
         self.step: list[tuple[torch.Tensor, dict[int, torch.Tensor]]] = []
         self.hooks: list[Any] = []
         self.warned: set[str] = set()
@@ -76,6 +78,7 @@ class _Steering:
         self.default = steering_spec(default, list(parsed))
         self.deltas.clear()
         self.specs.clear()
+        self.own.clear()
         self.install()
 
     def install(self) -> None:
@@ -119,7 +122,9 @@ class _Steering:
         else:
             raw = self.default
         try:
-            spec = steering_spec(raw, list(self.plans))
+            spec = steering_spec(raw, list(self.plans), delta=True)
+            if spec is not None and DELTA in spec:
+                self.own[req_id] = self._own_delta(spec["plan"], spec["alpha"], spec[DELTA])
         except ValueError as e:  # the fronts validate; never take the engine down here
             if req_id not in self.warned:
                 self.warned.add(req_id)
@@ -131,6 +136,20 @@ class _Steering:
             out = (spec["plan"], spec["alpha"], kind, k)
         self.specs[req_id] = out
         return out
+
+    def _own_delta(self, name: str, alpha: float, delta: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """A learned map's request: ``α · n · v`` at the map's one block, ``v`` the unit vector
+        it brought (as SteeringPlan.combine: the float64 α·n rounded once to float32)."""
+        vecs, _ = self.plans[name]
+        if len(vecs) != 1 or len(delta["vector"]) != self.hidden:
+            raise ValueError(
+                f"a delta of {len(delta['vector'])} numbers for plan {name!r}: it needs one "
+                f"block and {self.hidden} numbers"
+            )
+        (j,) = vecs
+        c = torch.tensor(alpha * delta["norm"], dtype=torch.float64).float()
+        v = torch.tensor(delta["vector"], dtype=torch.float32)
+        return {j: (c * v).to(device=self.device, dtype=self.dtype)}
 
     def _deltas(self, name: str, alpha: float) -> dict[int, torch.Tensor]:
         key = (name, alpha)
@@ -173,12 +192,13 @@ class _Steering:
         live = set(ids)
         if len(self.specs) > 4 * n + 64:  # forget finished requests
             self.specs = {r: s for r, s in self.specs.items() if r in live}
+            self.own = {r: d for r, d in self.own.items() if r in live}
         qsl = self.runner.query_start_loc.np[: n + 1]
         if int(qsl[n]) > n_tokens:  # not this batch (a dummy/profile run): leave it alone
             return
         computed = batch.num_computed_tokens_cpu
         prompt = batch.num_prompt_tokens
-        groups: dict[tuple[str, float], np.ndarray] = {}
+        groups: dict[tuple[str, float, str | None], np.ndarray] = {}
         for i, rid in enumerate(ids):
             spec = self._spec(rid)
             if spec is None:
@@ -195,13 +215,14 @@ class _Steering:
             a, b = start + max(lo - p0, 0), start + min(hi - p0, end - start)
             if a >= b:
                 continue
-            mask = groups.get((name, alpha))
+            key = (name, alpha, rid if rid in self.own else None)  # own delta: its own group
+            mask = groups.get(key)
             if mask is None:
-                mask = groups[(name, alpha)] = np.zeros((n_tokens, 1), dtype=np.float32)
+                mask = groups[key] = np.zeros((n_tokens, 1), dtype=np.float32)
             mask[a:b] = 1.0
-        for (name, alpha), mask in groups.items():
+        for (name, alpha, rid), mask in groups.items():
             coef = torch.from_numpy(mask).to(device=self.device, dtype=self.dtype)
-            self.step.append((coef, self._deltas(name, alpha)))
+            self.step.append((coef, self.own[rid] if rid else self._deltas(name, alpha)))
         if self.step:
             self.steps += 1
 
@@ -260,6 +281,7 @@ class SteeringWorkerExtension:
         state.plans, state.default = {}, None
         state.deltas.clear()
         state.specs.clear()
+        state.own.clear()
         return self.expertsteer_info()
 
     def expertsteer_info(self) -> dict[str, Any]:
