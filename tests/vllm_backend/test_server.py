@@ -96,7 +96,9 @@ def test_serve_refuses_conditioned_plans_and_bad_steer(tmp_path):
     plan = SteeringPlan({1: torch.ones(4)}, {1: 1.0}, info)
     probe = ExpertProbe(ModelInfo("ex", "1" * 64, 2, 3), 1, torch.ones(3), 0.0)
     ConditionedPlan(plan, probe).save_pretrained(tmp_path / "c")
-    with pytest.raises(SystemExit, match="--steer c: expert-conditioned plans and learned maps run on vLLM"):
+    with pytest.raises(
+        SystemExit, match="--steer c: expert-conditioned plans and learned maps run on vLLM"
+    ):
         serve(["tiny", "--steer", f"c={tmp_path / 'c'}"])
     with pytest.raises(SystemExit, match="--steer takes NAME=DIR"):
         serve(["tiny", "--steer", "nodir"])
