@@ -39,10 +39,7 @@ def generate(
     shown per prompt)."""
     token_scope = args.token_scope(scope)
 
-    import torch
-
     from ..artifacts import load_plan
-    from ..condition import ConditionedPlan
     from ..learned import LearnedMap
     from ..models import load_model
     from ..steer import generate as steered_generate
@@ -52,37 +49,11 @@ def generate(
     lm = load_model(target)
     expert_lm = experts.load_expert({steer: loaded}, expert_ref, target_ref=target, target=lm)
     n = len(prompts)
-    rows_alpha: Any = alpha  # a float, or one α per row (a tensor) for a conditioned plan
-    cells: list[tuple[str, ...]] = [()] * n  # the per-prompt columns before the completions
     if isinstance(loaded, LearnedMap):
-        # as learned_generate reads them (batch_size 8): one read
-        deltas = loaded.deltas(loaded.read(expert_lm, prompts, batch_size=8))
-        steered: list[Any] = loaded.plans_of(deltas)
-        cells = [(f"{float(d.norm()) * alpha:.3g}",) for d in deltas]
-        title = (
-            f"learned map on {lm.name}, reading {expert_lm.name} (expert block "
-            f"{loaded.expert_layer} → target block {loaded.target_layer}, rank {loaded.rank}): "
-            f"each prompt's own delta × {alpha:g}; scope {scope}"
-        )
-        head = ["prompt", "‖delta‖"]
+        steered, rows_alpha, cells, title, head = _learned(loaded, lm, expert_lm, prompts, alpha)
     else:
-        plan = loaded.plan if isinstance(loaded, ConditionedPlan) else loaded
-        steered = [plan] * n
-        layers = ", ".join(f"{j}: {plan.alphas[j] * alpha:.2f}" for j in plan.layers)
-        title = f"{plan.method} plan on {lm.name} (α per layer {layers}; scope {scope})"
-        head = ["prompt"]
-        if isinstance(loaded, ConditionedPlan):
-            # as ConditionedPlan.alphas / conditioned_generate read them (batch_size 8): one read
-            states = loaded.probe.read(expert_lm, prompts, batch_size=8)
-            p, row_alpha = loaded.probe.probability(states), alpha * loaded.probe.strengths(states)
-            rows_alpha = torch.cat([row_alpha, row_alpha])
-            cells = [(f"{float(p[k]):.3f}", f"{float(row_alpha[k]):+.3f}") for k in range(n)]
-            title = (
-                f"{plan.method} plan on {lm.name}, conditioned on {expert_lm.name} (probe at "
-                f"block {loaded.probe.layer}, g = {loaded.probe.strength}): α per layer "
-                f"{layers}, × g(p) per prompt; scope {scope}"
-            )
-            head = ["prompt", "p", "α·g(p)"]
+        steered, rows_alpha, cells, title, head = _planned(loaded, lm, expert_lm, prompts, alpha)
+    title += f"; scope {scope}"
     # One batch: the first n rows unsteered, the last n steered (per-row plans; per-row α for a
     # conditioned plan: the unsteered rows' α is unused).
     texts = steered_generate(
@@ -101,3 +72,43 @@ def generate(
     for k, prompt in enumerate(prompts):
         table.add_row(prompt, *cells[k], texts[k].strip(), texts[n + k].strip())
     console.print(table)
+
+
+Rows = tuple[list[Any], Any, list[tuple[str, ...]], str, list[str]]
+
+
+def _learned(loaded: Any, lm: Any, expert_lm: Any, prompts: list[str], alpha: float) -> Rows:
+    """A learned map's per-prompt plans (one read, as learned_generate reads: batch 8), the
+    global α, the ‖delta‖ × α column, the title and the leading columns."""
+    deltas = loaded.deltas(loaded.read(expert_lm, prompts, batch_size=8))
+    title = (
+        f"learned map on {lm.name}, reading {expert_lm.name} (expert block "
+        f"{loaded.expert_layer} → target block {loaded.target_layer}, rank {loaded.rank}): "
+        f"each prompt's own delta × {alpha:g}"
+    )
+    cells = [(f"{float(d.norm()) * alpha:.3g}",) for d in deltas]
+    return loaded.plans_of(deltas), alpha, cells, title, ["prompt", "‖delta‖"]
+
+
+def _planned(loaded: Any, lm: Any, expert_lm: Any, prompts: list[str], alpha: float) -> Rows:
+    """A static or conditioned plan for every prompt; a conditioned one's α per row (unsteered
+    rows first: their α is unused) from one read, as conditioned_generate reads (batch 8)."""
+    import torch
+
+    from ..condition import ConditionedPlan
+
+    plan = loaded.plan if isinstance(loaded, ConditionedPlan) else loaded
+    layers = ", ".join(f"{j}: {plan.alphas[j] * alpha:.2f}" for j in plan.layers)
+    if not isinstance(loaded, ConditionedPlan):
+        title = f"{plan.method} plan on {lm.name} (α per layer {layers})"
+        return [plan] * len(prompts), alpha, [()] * len(prompts), title, ["prompt"]
+    states = loaded.probe.read(expert_lm, prompts, batch_size=8)
+    p, row_alpha = loaded.probe.probability(states), alpha * loaded.probe.strengths(states)
+    cells = [(f"{float(p[k]):.3f}", f"{float(row_alpha[k]):+.3f}") for k in range(len(prompts))]
+    title = (
+        f"{plan.method} plan on {lm.name}, conditioned on {expert_lm.name} (probe at block "
+        f"{loaded.probe.layer}, g = {loaded.probe.strength}): α per layer {layers}, × g(p) per "
+        "prompt"
+    )
+    rows_alpha = torch.cat([row_alpha, row_alpha])
+    return [plan] * len(prompts), rows_alpha, cells, title, ["prompt", "p", "α·g(p)"]
