@@ -114,6 +114,21 @@ def test_a_conditioned_plan_is_served_with_its_expert(tmp_path, served_with_expe
     assert "expert tiny-gpt2 reads the prompts of plans ['c']" in flat(res)
 
 
+def test_a_learned_map_is_served_with_its_expert(tmp_path, served_with_expert):
+    from expertsteer.learned import LearnedMap
+
+    calls, models = served_with_expert
+    planted_map(models["x"], models["ex"]).save_pretrained(tmp_path / "m")
+    argv = ["serve", "--target", "x", "--steer", f"m={tmp_path / 'm'}", "--expert", "ex"]
+    res = CliRunner().invoke(app, argv, env={"EXPERTSTEER_API_KEY": None})
+    assert res.exit_code == 0, res.output
+    (call,) = calls
+    assert call["expert"] is models["ex"] and isinstance(call["plans"]["m"], LearnedMap)
+    assert "expert tiny-gpt2 reads the prompts of plans ['m']" in flat(res)
+    other = CliRunner().invoke(app, [*argv[:-2], "--expert", "x"])  # the target is not it
+    assert other.exit_code == 1 and "is another model" in flat(other) and len(calls) == 1
+
+
 def test_a_conditioned_plan_without_its_expert_does_not_start(tmp_path, served_with_expert):
     calls, models = served_with_expert
     save_conditioned(tmp_path / "c", models["x"], models["ex"], name="no-such-expert")
