@@ -9,6 +9,7 @@ import pytest
 from expertsteer.condition import ExpertMissingError
 from expertsteer.learned import learned_generate
 from expertsteer.serve import ApiError, Conditioning, Engine, Job, SteeringServer
+from expertsteer.steer import generate
 from tiny import planted_map, tiny_model
 
 N = 8
@@ -76,15 +77,13 @@ def test_each_request_gets_its_own_delta_in_one_batch(server, lm, expert, plans,
 
 
 def test_a_static_row_shares_the_batch_and_keeps_its_own_plan(server, lm, expert, plans, learned):
-    """A static plan with another scope cannot share the batch; with the same scope it does,
-    and each row is what it would be alone."""
+    """A map's row and a static plan's row (same scope) decode in one batch, each what it
+    would be alone."""
     server.engine.batches.clear()
     got = run(server, body(PROMPTS[1], {"plan": "map"}), body(PROMPTS[1], {"plan": "up"}))
     assert server.engine.batches == [2]
     assert got[0]["choices"][0]["text"] == alone(lm, expert, learned, PROMPTS[1])
     static = {"plan": "up"}
-    from expertsteer.steer import generate
-
     want = generate(lm, [PROMPTS[1]], plan=plans["up"], chat_template=False, max_new_tokens=N)
     assert got[1]["choices"][0]["text"] == want[0]
     assert got[1]["steering"] == {**static, "alpha": 1.0, "scope": "all"}
