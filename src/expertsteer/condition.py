@@ -43,6 +43,7 @@ __all__ = [
     "ConditionedPlan",
     "ExpertProbe",
     "ProbeFit",
+    "check_expert_model",
     "condition",
     "conditioned_generate",
     "default_probe_layers",
@@ -69,6 +70,21 @@ STRENGTHS.register(
 
 class ExpertMissingError(ValueError):
     """A conditioned plan used without the expert it needs (or with another model)."""
+
+
+def check_expert_model(info: ModelInfo, lm: Any, *, missing: str, fitted: str) -> None:
+    """Refuse a missing expert (``missing`` names what needs it) or another model than
+    ``info`` (``fitted`` names what was fitted on it), with :class:`ExpertMissingError`."""
+    if lm is None:
+        raise ExpertMissingError(
+            f"{missing} {info.name!r} loaded beside the target (Python: "
+            "expert=load_model(...); CLI: --expert)"
+        )
+    if lm.fingerprint != info.fingerprint:
+        raise ExpertMissingError(
+            f"{fitted} {info.name!r} (fingerprint {info.fingerprint[:12]}); {lm.name!r} "
+            f"({lm.fingerprint[:12]}) is another model"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,17 +127,10 @@ class ExpertProbe:
         return STRENGTHS.make(self.strength)(self.probability(states))
 
     def check_expert(self, lm: Any) -> None:
-        if lm is None:
-            raise ExpertMissingError(
-                f"this plan is expert-conditioned: it needs the expert {self.expert.name!r} "
-                "loaded beside the target (Python: expert=load_model(...); CLI: --expert)"
-            )
-        if lm.fingerprint != self.expert.fingerprint:
-            raise ExpertMissingError(
-                f"the probe was fitted on {self.expert.name!r} (fingerprint "
-                f"{self.expert.fingerprint[:12]}); {lm.name!r} ({lm.fingerprint[:12]}) is "
-                "another model"
-            )
+        check_expert_model(
+            self.expert, lm, missing="this plan is expert-conditioned: it needs the expert",
+            fitted="the probe was fitted on",
+        )  # fmt: skip
 
     def read(
         self,

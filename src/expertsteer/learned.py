@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .condition import ExpertMissingError
+from .condition import check_expert_model
 from .extract import extract
 from .io import CorruptFileError, load_tensors, save_tensors, write_json
 from .models import LoadedModel
@@ -98,17 +98,10 @@ class LearnedMap:
 
     def check_expert(self, lm: Any) -> None:
         """Refuse a missing expert, or another model than the one the map was trained on."""
-        if lm is None:
-            raise ExpertMissingError(
-                f"this learned map reads each prompt with the expert {self.expert.name!r}: load "
-                "it beside the target (Python: expert=load_model(...); CLI: --expert)"
-            )
-        if lm.fingerprint != self.expert.fingerprint:
-            raise ExpertMissingError(
-                f"this map was trained on {self.expert.name!r}'s states (fingerprint "
-                f"{self.expert.fingerprint[:12]}); {lm.name!r} ({lm.fingerprint[:12]}) is "
-                "another model: load the expert it names"
-            )
+        check_expert_model(
+            self.expert, lm, missing="this learned map reads each prompt with the expert",
+            fitted="this map was trained on the states of",
+        )  # fmt: skip
 
     def check_target(self, lm: Any, *, strict: bool = True) -> None:
         """As :meth:`SteeringPlan.check_target`, for the target the deltas are added to."""

@@ -142,31 +142,30 @@ class SteeredLLM:
             steering = {"plan": steering}
         return steering_spec(steering, list(self.plans))
 
+    def _reader(self, plan: str, prompts: Sequence[Any], is_kind: Any, kind: str) -> Any:
+        """Plan ``plan``, checked to be ``kind`` and read on text prompts (its expert reads
+        the prompt's text)."""
+        found = self.plans[plan]
+        if not is_kind(found):
+            raise ValueError(f"plan {plan!r} is not {kind}")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(
+                f"plan {plan!r} is {kind}: its expert reads the prompt's text, so give text "
+                "prompts, not token ids"
+            )
+        return found
+
     def strengths(self, plan: str, prompts: Sequence[str]) -> tuple[list[float], list[float]]:
         """``(p, g(p))`` per prompt: the expert's probe of conditioned plan ``plan`` reading
         each prompt (nothing cached on disk: prompts are not written anywhere)."""
-        cplan = self.plans[plan]
-        if not is_conditioned(cplan):
-            raise ValueError(f"plan {plan!r} is not expert-conditioned")
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError(
-                f"plan {plan!r} is expert-conditioned: its expert reads the prompt's text, so "
-                "give text prompts, not token ids"
-            )
-        states = cplan.probe.read(self.expert, list(prompts), cache=False)
-        return cplan.probe.probability(states).tolist(), cplan.probe.strengths(states).tolist()
+        probe = self._reader(plan, prompts, is_conditioned, "expert-conditioned").probe
+        states = probe.read(self.expert, list(prompts), cache=False)
+        return probe.probability(states).tolist(), probe.strengths(states).tolist()
 
     def deltas(self, plan: str, prompts: Sequence[str]) -> Any:
         """Learned map ``plan``'s delta per prompt ``[n, d]``, the expert reading each prompt
         (nothing cached on disk)."""
-        m = self.plans[plan]
-        if not is_learned(m):
-            raise ValueError(f"plan {plan!r} is not a learned map")
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError(
-                f"plan {plan!r} is a learned map: its expert reads the prompt's text, so give "
-                "text prompts, not token ids"
-            )
+        m = self._reader(plan, prompts, is_learned, "a learned map")
         return m.deltas(m.read(self.expert, list(prompts), cache=False))
 
     def _resolve(
